@@ -1,0 +1,53 @@
+"""Bounded LRU of compiled kernels plus negative entries for keys that failed, with counters."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+import cachetools
+
+from . import config
+from .errors import CompileFailure
+
+
+class KernelCache:
+    def __init__(self, maxsize: Optional[int] = None, negative_maxsize: Optional[int] = None):
+        cfg = config.get()
+        self._kernels = cachetools.LRUCache(maxsize or cfg.cache_size)
+        self._failures = cachetools.LRUCache(negative_maxsize or cfg.negative_cache_size)
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.negative_hits = 0
+
+    def lookup(self, key) -> Any:
+        """The kernel for key; raises the stored CompileFailure for a known-bad key; None on a miss."""
+        with self._lock:
+            k = self._kernels.get(key)
+            if k is not None:
+                self.hits += 1
+                return k
+            f = self._failures.get(key)
+            if f is not None:
+                self.negative_hits += 1
+                raise CompileFailure(f.category, f.reason)
+            self.misses += 1
+            return None
+
+    def put(self, key, kernel) -> None:
+        with self._lock:
+            self._kernels[key] = kernel
+
+    def put_failure(self, key, failure: CompileFailure) -> None:
+        with self._lock:
+            self._failures[key] = failure
+
+    def info(self) -> dict:
+        with self._lock:
+            return {"kernels": len(self._kernels), "kernel_maxsize": self._kernels.maxsize,
+                    "failures": len(self._failures), "hits": self.hits, "misses": self.misses,
+                    "negative_hits": self.negative_hits}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kernels.clear()
+            self._failures.clear()
+            self.hits = self.misses = self.negative_hits = 0

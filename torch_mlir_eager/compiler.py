@@ -1,0 +1,167 @@
+"""get_kernel(key, ...): a cache hit returns at once; a miss is compiled and qualified in the worker, then JIT-loaded."""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Optional
+
+from . import config
+from .cache import KernelCache
+from .errors import CompileFailure, first_line
+from .worker import _HEADER, send
+
+log = logging.getLogger(__name__)
+
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class WorkerClient:
+    """One compile worker, started lazily, reused, restarted after it dies or is killed for a time-out."""
+
+    def __init__(self):
+        self._proc: Optional[subprocess.Popen] = None
+        self._stderr = None
+        self._lock = threading.Lock()
+        self.starts = 0
+
+    def _start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen([sys.executable, "-m", "torch_mlir_eager.worker"], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        self.starts += 1
+        reply = self._recv(config.get().worker_start_timeout_s, "worker start")
+        if "ready" not in reply:
+            self._kill()
+            raise CompileFailure("crash", f"worker did not start: {reply}")
+
+    def _kill(self) -> None:
+        p, self._proc = self._proc, None
+        if p is not None and p.poll() is None:
+            p.kill()
+        if p is not None:
+            p.wait()
+            for f in (p.stdin, p.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def _stderr_tail(self) -> str:
+        try:
+            self._stderr.seek(0, os.SEEK_END)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - 4096))
+            lines = [l for l in self._stderr.read().decode(errors="replace").splitlines() if l.strip()]
+        except (OSError, ValueError):
+            return ""
+        for l in reversed(lines):          # "LLVM ERROR: ..." says more than a trailing traceback line
+            if "ERROR" in l or "error" in l:
+                return l.strip()
+        return lines[-1].strip() if lines else ""
+
+    def _died(self) -> CompileFailure:
+        p = self._proc
+        code = p.wait() if p is not None else None
+        self._kill()
+        if code is not None and code < 0:
+            try:
+                what = signal.Signals(-code).name
+            except ValueError:
+                what = f"signal {-code}"
+        else:
+            what = f"exit code {code}"
+        tail = self._stderr_tail()
+        return CompileFailure("crash", f"worker died: {what}" + (f" ({tail})" if tail else ""))
+
+    def _recv(self, timeout_s: float, what: str):
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+
+        def read(n):
+            chunks, got = [], 0
+            while got < n:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    self._kill()
+                    raise CompileFailure("timeout", f"{what} exceeded {timeout_s:g} s")
+                b = os.read(fd, min(n - got, 1 << 20))
+                if not b:
+                    raise self._died()
+                chunks.append(b)
+                got += len(b)
+            return b"".join(chunks)
+
+        import pickle
+        return pickle.loads(read(_HEADER.unpack(read(_HEADER.size))[0]))
+
+    def compile(self, request: dict) -> dict:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._kill()
+                self._start()
+            try:
+                send(self._proc.stdin.fileno(), request)
+            except (BrokenPipeError, OSError):
+                raise self._died() from None
+            return self._recv(config.get().compile_timeout_s, "compile")
+
+    def close(self) -> None:
+        with self._lock:
+            self._kill()
+
+
+_worker = WorkerClient()
+_cache: Optional[KernelCache] = None
+atexit.register(_worker.close)
+
+
+def cache() -> KernelCache:
+    global _cache
+    if _cache is None:
+        _cache = KernelCache()
+    return _cache
+
+
+def worker() -> WorkerClient:
+    return _worker
+
+
+def compile_kernel(key, func, args, kwargs, tensors):
+    """Compile in the worker, then JIT the qualified LLVM IR here. Raises CompileFailure; caches either way."""
+    from .kernel import Kernel
+    cfg = config.get()
+    request = {"op": str(func), "args": args, "kwargs": kwargs, "inject": cfg.inject.get(str(func), "")}
+    t0 = time.perf_counter()
+    try:
+        try:
+            reply = _worker.compile(request)
+        except CompileFailure:
+            raise
+        except Exception as e:   # e.g. an argument that cannot be sent to the worker
+            raise CompileFailure("unsupported", f"cannot send call to the worker: {type(e).__name__}: {e}")
+        if "fail" in reply:
+            raise CompileFailure(*reply["fail"])
+        llvm_ir, ins, outs = reply["ok"]
+        kernel = Kernel(llvm_ir, ins, outs)
+    except CompileFailure as e:
+        cache().put_failure(key, e)
+        log.info("compile %s failed after %.1f ms: %s", func, 1e3 * (time.perf_counter() - t0), e)
+        raise
+    cache().put(key, kernel)
+    log.info("compiled %s %s -> %s in %.1f ms (%s)", func, kernel.inputs, kernel.outputs,
+             1e3 * (time.perf_counter() - t0),
+             ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in reply.get("times", {}).items()))
+    return kernel
+
+
+__all__ = ["cache", "compile_kernel", "worker", "first_line"]

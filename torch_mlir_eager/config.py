@@ -1,0 +1,52 @@
+"""Settings, read once from TORCH_MLIR_EAGER_* into a frozen value; `override(**kw)` changes them in a scope."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Iterator, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    cache_size: int = 4096            # compiled kernels kept (LRU)
+    negative_cache_size: int = 16384  # keys known to fail, kept so a failure is paid once
+    compile_timeout_s: float = 60.0   # one compile + qualifying run in the worker
+    worker_start_timeout_s: float = 180.0
+    report_at_exit: bool = False      # TORCH_MLIR_EAGER_REPORT=1
+    # Test hook: {"aten.op.overload": "abort" | "hang" | "wrong"} makes the worker misbehave on that op.
+    inject: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _env_bool(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _from_env() -> Config:
+    env = os.environ
+    kw = {}
+    if "TORCH_MLIR_EAGER_CACHE_SIZE" in env:
+        kw["cache_size"] = int(env["TORCH_MLIR_EAGER_CACHE_SIZE"])
+    if "TORCH_MLIR_EAGER_COMPILE_TIMEOUT" in env:
+        kw["compile_timeout_s"] = float(env["TORCH_MLIR_EAGER_COMPILE_TIMEOUT"])
+    kw["report_at_exit"] = _env_bool("TORCH_MLIR_EAGER_REPORT")
+    return Config(**kw)
+
+
+_current = _from_env()
+
+
+def get() -> Config:
+    return _current
+
+
+@contextlib.contextmanager
+def override(**kw) -> Iterator[Config]:
+    """Replace some settings inside a `with` block (not thread-local: meant for tests and scripts)."""
+    global _current
+    saved = _current
+    _current = dataclasses.replace(saved, **kw)
+    try:
+        yield _current
+    finally:
+        _current = saved

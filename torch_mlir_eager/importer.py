@@ -1,0 +1,106 @@
+"""One aten call -> a Torch-dialect MLIR module, through a torch.fx graph and torch-mlir's FX importer (worker side)."""
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from .errors import CompileFailure
+from .spec import map_tensors
+
+
+def _fake_call(func, args, kwargs, tensors):
+    mode = FakeTensorMode()
+    fakes = [mode.from_tensor(t) for t in tensors]
+    it = iter(fakes)
+    fargs = map_tensors((args, kwargs), lambda _t: next(it))
+    try:
+        with mode:
+            out = func(*fargs[0], **fargs[1])
+    except Exception as e:  # bad input (native raises the same) or a data-dependent output shape
+        raise CompileFailure("meta", f"{type(e).__name__}: {e}") from None
+    return fakes, out
+
+
+def _results(out) -> list:
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    for o in outs:
+        if not isinstance(o, torch.Tensor):
+            raise CompileFailure("unsupported", f"non-tensor result {type(o).__name__}")
+        if o.numel() == 0:
+            raise CompileFailure("unsupported", "zero-size result")
+    return outs
+
+
+def one_node_graph(func, args, kwargs, tensors) -> tuple:
+    """(graph, fake results): placeholders carry FakeTensor meta values; one call_function node on the OpOverload."""
+    fakes, out = _fake_call(func, args, kwargs, tensors)
+    results = _results(out)
+    g = fx.Graph()
+    phs = []
+    for i, f in enumerate(fakes):
+        p = g.placeholder(f"arg{i}")
+        p.meta["val"] = f
+        phs.append(p)
+    it = iter(phs)
+    nargs, nkwargs = map_tensors((args, kwargs), lambda _t: next(it))
+    node = g.call_function(func, tuple(nargs), dict(nkwargs))
+    node.meta["val"] = out
+    if isinstance(out, (tuple, list)):
+        outs = []
+        for i, r in enumerate(results):
+            gi = g.call_function(operator.getitem, (node, i))
+            gi.meta["val"] = r
+            outs.append(gi)
+        g.output(tuple(outs))
+    else:
+        g.output((node,))
+    return g, results
+
+
+@functools.lru_cache(maxsize=1)
+def decomposition_table() -> dict:
+    """torch-mlir's own table, widened with PyTorch's core-ATen decompositions for ops it leaves out."""
+    from torch._decomp import core_aten_decompositions
+    from torch_mlir.extras.fx_decomp_util import get_decomposition_table
+    table = dict(core_aten_decompositions())
+    table.update(get_decomposition_table())
+    return table
+
+
+def decomposed_graph(func, args, kwargs, tensors) -> tuple:
+    """(graph, fake results) of the op traced through a decomposition table: still one call -> one module."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    _, out = _fake_call(func, args, kwargs, tensors)
+    results = _results(out)
+
+    def fn(*ts):
+        it = iter(ts)
+        a, k = map_tensors((args, kwargs), lambda _t: next(it))
+        r = func(*a, **k)
+        return tuple(r) if isinstance(r, (tuple, list)) else (r,)
+
+    try:
+        gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake")(*tensors)
+    except Exception as e:
+        raise CompileFailure("import", f"decomposition: {type(e).__name__}: {e}") from None
+    return gm.graph, results
+
+
+def import_graph(ctx, graph: fx.Graph):
+    """The Torch-dialect module for a graph."""
+    from torch_mlir.extras.fx_importer import FxImporter
+    try:
+        imp = FxImporter(context=ctx)
+        imp.import_stateless_graph(graph, func_name="main")
+    except Exception as e:
+        raise CompileFailure("import", f"{type(e).__name__}: {e}") from None
+    return imp.module
+
+
+def has_decomposition(func) -> bool:
+    return func in decomposition_table()

@@ -1,0 +1,105 @@
+"""A JIT-compiled kernel: LLVM-dialect text -> ExecutionEngine; torch tensors passed as memref descriptors, in place."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+from typing import List, Sequence
+
+import torch
+
+from .errors import CompileFailure
+
+# torch dtype -> MLIR element type as torch-mlir emits it at the Linalg level (signless integers).
+MLIR_ELEMENT = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16",
+                torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.bool: "i1"}
+
+
+@functools.lru_cache(maxsize=None)
+def memref_struct(rank: int) -> type:
+    """The ctypes layout of a ranked memref descriptor: ptr, ptr, offset, sizes[rank], strides[rank]."""
+    fields = [("allocated", ctypes.c_void_p), ("aligned", ctypes.c_void_p), ("offset", ctypes.c_int64)]
+    if rank:
+        fields += [("sizes", ctypes.c_int64 * rank), ("strides", ctypes.c_int64 * rank)]
+    return type(f"MemRef{rank}D", (ctypes.Structure,), {"_fields_": fields})
+
+
+def _contiguous_strides(shape: Sequence[int]) -> tuple:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+class TensorMeta:
+    __slots__ = ("shape", "dtype", "strides", "contiguous")
+
+    def __init__(self, shape, dtype, strides=None):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.strides = tuple(strides) if strides is not None else _contiguous_strides(self.shape)
+        self.contiguous = self.strides == _contiguous_strides(self.shape) or len(self.shape) == 0
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> "TensorMeta":
+        return cls(t.shape, t.dtype, t.stride())
+
+    def __reduce__(self):
+        return (TensorMeta, (self.shape, self.dtype, self.strides))
+
+    def __repr__(self):
+        return f"tensor[{'x'.join(map(str, self.shape))}:{MLIR_ELEMENT.get(self.dtype, self.dtype)}]"
+
+
+_jit_lock = threading.Lock()
+
+
+def _engine(llvm_ir: str):
+    from torch_mlir import ir
+    from torch_mlir.execution_engine import ExecutionEngine
+    with _jit_lock:
+        ctx = ir.Context()
+        with ctx:
+            try:
+                module = ir.Module.parse(llvm_ir)
+            except Exception as e:
+                raise CompileFailure("jit", f"parse: {e}") from None
+            try:
+                ee = ExecutionEngine(module, opt_level=3)
+                addr = ee.raw_lookup("_mlir_ciface_main")
+            except Exception as e:
+                raise CompileFailure("jit", str(e)) from None
+    return ctx, module, ee, addr
+
+
+class Kernel:
+    """Calls `main(inputs..., outputs...)` with descriptors built once; a call only patches data pointers."""
+
+    def __init__(self, llvm_ir: str, inputs: List[TensorMeta], outputs: List[TensorMeta]):
+        self.llvm_ir = llvm_ir
+        self.inputs, self.outputs = list(inputs), list(outputs)
+        self._ctx, self._module, self._ee, addr = _engine(llvm_ir)   # keep the engine (and its code) alive
+        self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr)
+        metas = self.inputs + self.outputs
+        self._descs = []
+        for m in metas:
+            d = memref_struct(len(m.shape))()
+            if m.shape:
+                d.sizes[:] = list(m.shape)
+                d.strides[:] = list(_contiguous_strides(m.shape))
+            self._descs.append(d)
+        self._cells = [ctypes.pointer(d) for d in self._descs]           # desc*; the packed args point at these
+        self._packed = (ctypes.c_void_p * len(metas))(
+            *[ctypes.cast(ctypes.pointer(c), ctypes.c_void_p) for c in self._cells])
+        self._lock = threading.Lock()
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Run on contiguous inputs of the compiled shapes; returns outputs with the native strides."""
+        outs = [torch.empty(m.shape, dtype=m.dtype) for m in self.outputs]
+        with self._lock:
+            for d, t in zip(self._descs, list(tensors) + outs):
+                d.allocated = d.aligned = t.data_ptr()
+            self._fn(self._packed)
+        return [o if m.contiguous else torch.empty_strided(m.shape, m.strides, dtype=m.dtype).copy_(o)
+                for o, m in zip(outs, self.outputs)]

@@ -1,0 +1,144 @@
+"""Per-op counts: calls through MLIR, fallbacks with their first reason per category, native-by-design calls."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from typing import Dict
+
+
+@dataclasses.dataclass
+class OpStats:
+    op: str
+    mlir_calls: int = 0
+    fallback_calls: int = 0
+    native_calls: int = 0
+    cache_hits: int = 0
+    compiles: int = 0
+    compile_s: float = 0.0
+    reasons: Dict[str, str] = dataclasses.field(default_factory=dict)         # category -> first reason
+    fallback_by_category: Dict[str, int] = dataclasses.field(default_factory=dict)
+    native_reason: str = ""
+
+    @property
+    def calls(self) -> int:
+        return self.mlir_calls + self.fallback_calls + self.native_calls
+
+    def to_dict(self) -> dict:
+        return {"op": self.op, "calls": self.calls, "mlir_calls": self.mlir_calls,
+                "fallback_calls": self.fallback_calls, "native_calls": self.native_calls,
+                "cache_hits": self.cache_hits, "compiles": self.compiles,
+                "compile_s": round(self.compile_s, 6), "reasons": dict(self.reasons),
+                "fallback_by_category": dict(self.fallback_by_category),
+                "native_reason": self.native_reason}
+
+
+class Recorder:
+    """The live counters; dispatch writes, `snapshot()` reads."""
+
+    def __init__(self):
+        self._rows: Dict[str, OpStats] = {}
+        self._lock = threading.Lock()
+
+    def _row(self, op: str) -> OpStats:
+        row = self._rows.get(op)
+        if row is None:
+            row = self._rows.setdefault(op, OpStats(op))
+        return row
+
+    def native(self, op: str, why: str) -> None:
+        with self._lock:
+            row = self._row(op)
+            row.native_calls += 1
+            row.native_reason = row.native_reason or why
+
+    def mlir(self, op: str, hit: bool) -> None:
+        with self._lock:
+            row = self._row(op)
+            row.mlir_calls += 1
+            row.cache_hits += hit
+
+    def compiled(self, op: str, seconds: float) -> None:
+        with self._lock:
+            row = self._row(op)
+            row.compiles += 1
+            row.compile_s += seconds
+
+    def fallback(self, op: str, category: str, reason: str) -> None:
+        with self._lock:
+            row = self._row(op)
+            row.fallback_calls += 1
+            row.fallback_by_category[category] = row.fallback_by_category.get(category, 0) + 1
+            row.reasons.setdefault(category, reason)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+    def snapshot(self) -> "Report":
+        with self._lock:
+            return Report([dataclasses.replace(r, reasons=dict(r.reasons),
+                                               fallback_by_category=dict(r.fallback_by_category))
+                           for r in self._rows.values()])
+
+
+class Report:
+    """A frozen copy of the counts: `str()` is a table, `to_dict()` / `to_json()` the data."""
+
+    def __init__(self, rows):
+        self.rows = sorted(rows, key=lambda r: (-r.calls, r.op))
+
+    def totals(self) -> dict:
+        t = {k: sum(getattr(r, k) for r in self.rows)
+             for k in ("calls", "mlir_calls", "fallback_calls", "native_calls", "cache_hits", "compiles")}
+        t["compile_s"] = round(sum(r.compile_s for r in self.rows), 6)
+        decided = t["mlir_calls"] + t["fallback_calls"]
+        t["mlir_share"] = t["mlir_calls"] / decided if decided else 1.0
+        t["native_share"] = t["native_calls"] / t["calls"] if t["calls"] else 0.0
+        t["reasons"] = {}
+        for r in self.rows:
+            for cat, n in r.fallback_by_category.items():
+                t["reasons"][cat] = t["reasons"].get(cat, 0) + n
+        return t
+
+    def to_dict(self) -> dict:
+        return {"ops": [r.to_dict() for r in self.rows], "totals": self.totals()}
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def fell_back(self) -> list:
+        """Ops with fallbacks, most fallback calls first."""
+        return sorted((r for r in self.rows if r.fallback_calls), key=lambda r: (-r.fallback_calls, r.op))
+
+    def summary(self) -> str:
+        t = self.totals()
+        decided = t["mlir_calls"] + t["fallback_calls"]
+        line = (f"torch-mlir-eager: {100 * t['mlir_share']:.1f}% of {decided} calls through MLIR "
+                f"({t['mlir_calls']} MLIR, {t['fallback_calls']} fell back); "
+                f"native by design (views, random, no tensor in/out): {t['native_calls']} calls "
+                f"({100 * t['native_share']:.1f}% of all {t['calls']}); compile {t['compile_s']:.2f} s")
+        failed = self.fell_back()
+        if failed:
+            parts = [f"{r.op} ({r.fallback_calls}: {', '.join(sorted(r.fallback_by_category))})" for r in failed]
+            line += "\nOp(s) not lowered: " + ", ".join(parts)
+        else:
+            line += "\nOp(s) not lowered: none"
+        return line
+
+    def __str__(self) -> str:
+        head = ("op", "calls", "mlir", "fallback", "native", "hits", "compiles", "compile_s", "reasons")
+        body = []
+        for r in self.rows:
+            why = "; ".join(f"{c}: {m}" for c, m in r.reasons.items())
+            if r.native_calls and r.native_reason:
+                why = (why + "; " if why else "") + f"native: {r.native_reason}"
+            body.append((r.op, r.calls, r.mlir_calls, r.fallback_calls, r.native_calls, r.cache_hits,
+                         r.compiles, f"{r.compile_s:.3f}", why[:120]))
+        widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head) - 1)]
+        fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths)) + "  {}"
+        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths), "-------")]
+        lines += [fmt.format(*row) for row in body]
+        return "\n".join(lines + ["", self.summary()])
+
+    __repr__ = __str__

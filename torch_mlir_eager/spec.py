@@ -1,0 +1,136 @@
+"""What a call is: how an op is treated (native by design, functional, in-place, out=) and its cache key."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import torch
+
+from .errors import CompileFailure
+
+aten = torch.ops.aten
+
+# dtypes the MLIR path takes. uint8 is left out: torch-mlir 20261001 treats it as signed in casts (wrong results);
+# complex crashes LLVM. float16/bfloat16 are tried: the worker qualifies every kernel before it is used.
+SUPPORTED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16,
+                              torch.int64, torch.int32, torch.int16, torch.int8, torch.bool})
+
+# Ops whose schema says "new tensor" but which PyTorch implements as a view of their input.
+_VIEW_LIKE = frozenset({aten._unsafe_view.default})
+
+
+@dataclasses.dataclass(frozen=True)
+class OpPlan:
+    """How one OpOverload is treated, derived once from its schema and tags."""
+    name: str                                  # "aten.add.Tensor"
+    native_reason: Optional[str]               # set: runs natively by design (view, random, ...)
+    functional: Optional[torch._ops.OpOverload] = None  # op compiled; differs from the call for in-place / out=
+    inplace: bool = False                      # result is written into args[0]
+    out_names: tuple = ()                      # result(s) written into these kwargs
+    unsupported: Optional[str] = None          # mutating op we do not functionalize
+
+
+def _returns_tensor(schema) -> bool:
+    return any("Tensor" in str(r.type) for r in schema.returns)
+
+
+def _writes(schema) -> list:
+    return [a for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+
+
+def _signature(args) -> list:
+    return [(a.name, str(a.type)) for a in args]
+
+
+def _functional_overload(func, packet_name: str, want_args) -> Optional[torch._ops.OpOverload]:
+    packet = getattr(aten, packet_name, None)
+    if packet is None:
+        return None
+    want = _signature(want_args)
+    for ov in packet.overloads():
+        cand = getattr(packet, ov)
+        if cand is func or _writes(cand._schema):
+            continue
+        if _signature(cand._schema.arguments) == want:
+            return cand
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def plan(func: torch._ops.OpOverload) -> OpPlan:
+    name = str(func)
+    schema = func._schema
+    tags = set(func.tags)
+    if func.is_view or func in _VIEW_LIKE:
+        return OpPlan(name, "view")
+    if torch.Tag.inplace_view in tags:
+        return OpPlan(name, "view")
+    if torch.Tag.nondeterministic_seeded in tags:
+        return OpPlan(name, "random")
+    if not _returns_tensor(schema):
+        return OpPlan(name, "no tensor result")
+    writes = _writes(schema)
+    if not writes:
+        return OpPlan(name, None, functional=func)
+    base = schema.name.split("::", 1)[1]
+    if torch.Tag.inplace in tags and base.endswith("_") and [a.name for a in writes] == ["self"]:
+        f = _functional_overload(func, base[:-1], schema.arguments)
+        if f is not None:
+            return OpPlan(name, None, functional=f, inplace=True)
+    if torch.Tag.out in tags and all(a.kwarg_only for a in writes):
+        keep = [a for a in schema.arguments if not (a.alias_info is not None and a.alias_info.is_write)]
+        f = _functional_overload(func, base, keep)
+        if f is not None and len(f._schema.returns) == len(writes):
+            return OpPlan(name, None, functional=f, out_names=tuple(a.name for a in writes))
+    return OpPlan(name, None, unsupported="op writes its arguments and has no functional variant")
+
+
+# ---- arguments: one walk gives the tensors (kernel inputs, in order) and the cache key ----
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    if t.device.type != "cpu":
+        raise CompileFailure("unsupported", f"device {t.device}")
+    if t.layout is not torch.strided or t.is_quantized:
+        raise CompileFailure("unsupported", f"layout {t.layout}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise CompileFailure("unsupported", f"dtype {t.dtype}")
+    if t.numel() == 0:
+        raise CompileFailure("unsupported", "zero-size tensor")
+    return (tuple(t.shape), t.dtype, t.is_contiguous())
+
+
+def _walk(x: Any, tensors: list, key: list) -> None:
+    if isinstance(x, torch.Tensor):
+        tensors.append(x)
+        key.append(_tensor_key(x))
+    elif isinstance(x, (list, tuple)):
+        key.append((type(x), len(x)))
+        for y in x:
+            _walk(y, tensors, key)
+    elif type(x) is float:
+        key.append((float, repr(x)))      # repr keeps nan, -0.0 and inf apart and hashable
+    else:
+        key.append((type(x), x))          # 1, 1.0 and True stay distinct
+
+
+def flatten(func, args: tuple, kwargs: dict) -> tuple:
+    """(key, tensors): the key names the op, each tensor's shape/dtype/contiguity and every other argument."""
+    tensors: list = []
+    key: list = [func]
+    _walk(args, tensors, key)
+    for k, v in kwargs.items():
+        key.append(k)
+        _walk(v, tensors, key)
+    return tuple(key), tensors
+
+
+def map_tensors(x: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """Rebuild a structure of args with each tensor replaced by fn(tensor), in the order `flatten` lists them."""
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, (list, tuple)):
+        return type(x)(map_tensors(y, fn) for y in x)
+    if isinstance(x, dict):
+        return {k: map_tensors(v, fn) for k, v in x.items()}
+    return x

@@ -1,0 +1,105 @@
+"""TorchMLIRTensor and the dispatch mode: unwrap -> dispatch.call -> wrap, keeping PyTorch's aliasing."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode, return_and_correct_aliasing
+from torch.utils._pytree import tree_map_only
+
+from . import dispatch
+from .spec import map_tensors
+
+
+class TorchMLIRTensor(torch.Tensor):
+    """A CPU tensor whose aten calls run through MLIR (or natively, recorded, when MLIR cannot)."""
+
+    elem: torch.Tensor
+    __slots__ = ["elem"]
+
+    @staticmethod
+    def __new__(cls, elem: torch.Tensor, *, requires_grad=None):
+        if isinstance(elem, TorchMLIRTensor):
+            elem = elem.elem
+        if not isinstance(elem, torch.Tensor):
+            raise TypeError(f"TorchMLIRTensor wraps a torch.Tensor, got {type(elem).__name__}")
+        rg = elem.requires_grad if requires_grad is None else requires_grad
+        r = torch.Tensor._make_wrapper_subclass(
+            cls, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(),
+            dtype=elem.dtype, layout=elem.layout, device=elem.device, requires_grad=rg)
+        r.elem = elem.detach() if elem.requires_grad else elem
+        return r
+
+    def __repr__(self, *, tensor_contents=None):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"TorchMLIRTensor({self.elem!r}{grad})"
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        uargs, ukwargs = map_tensors((args, kwargs), _unwrap_one)
+        out = dispatch.call(func, uargs, ukwargs)
+        return return_and_correct_aliasing(func, args, kwargs, _wrap_out(out))
+
+
+def _unwrap_one(t):
+    return t.elem if isinstance(t, TorchMLIRTensor) else t
+
+
+def _wrap_out(out):
+    if isinstance(out, TorchMLIRTensor):
+        return out
+    if isinstance(out, torch.Tensor):
+        return TorchMLIRTensor(out)
+    if isinstance(out, (list, tuple)):
+        return type(out)(_wrap_out(o) for o in out)
+    return out
+
+
+class _MLIRMode(TorchDispatchMode):
+    """Plain tensors' aten calls go through the same path as TorchMLIRTensor's."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if any(t is not torch.Tensor and t is not nn.Parameter for t in types):
+            return NotImplemented      # another subclass (TorchMLIRTensor, FakeTensor...) handles itself
+        return dispatch.call(func, args, kwargs or {})
+
+
+def enable() -> TorchDispatchMode:
+    """`with tme.enable(): ...` sends every aten call on plain CPU tensors through MLIR."""
+    return _MLIRMode()
+
+
+def _swap_module_tensors(module: nn.Module, fn) -> nn.Module:
+    memo = {}
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                if id(p) not in memo:
+                    memo[id(p)] = nn.Parameter(fn(p.data), requires_grad=p.requires_grad)
+                m._parameters[name] = memo[id(p)]
+        for name, b in list(m._buffers.items()):
+            if b is not None:
+                if id(b) not in memo:
+                    memo[id(b)] = fn(b)
+                m._buffers[name] = memo[id(b)]
+    return module
+
+
+def wrap(x):
+    """tensor -> TorchMLIRTensor; list/tuple/dict -> same structure wrapped; nn.Module -> wrapped in place."""
+    if isinstance(x, nn.Module):
+        return _swap_module_tensors(x, lambda t: t if isinstance(t, TorchMLIRTensor) else TorchMLIRTensor(t))
+    if isinstance(x, torch.Tensor) and not isinstance(x, TorchMLIRTensor):
+        return TorchMLIRTensor(x)
+    return tree_map_only(torch.Tensor, lambda t: t if isinstance(t, TorchMLIRTensor) else TorchMLIRTensor(t), x)
+
+
+def unwrap(x):
+    """The inverse of `wrap`: TorchMLIRTensor -> the plain tensor it holds, through structures and modules."""
+    if isinstance(x, nn.Module):
+        return _swap_module_tensors(x, _unwrap_one)
+    if isinstance(x, torch.Tensor):
+        return _unwrap_one(x)
+    return tree_map_only(torch.Tensor, _unwrap_one, x)

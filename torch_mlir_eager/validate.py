@@ -1,0 +1,89 @@
+"""Index checks for ops that read memory at data-dependent positions: a bad index must never reach a kernel.
+
+A compiled kernel does no bounds checks, so an out-of-range index would read or write outside a buffer. Before each
+such call the indices are checked here; a call that fails the check runs natively (PyTorch raises its own error).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+
+# Schema argument names that hold positions into another tensor.
+INDEX_ARG_NAMES = frozenset({"index", "indices", "target", "offsets"})
+
+
+def _in_range(idx: torch.Tensor, size: int, negative_ok: bool) -> bool:
+    if idx.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(idx)
+    return int(lo) >= (-size if negative_ok else 0) and int(hi) < size
+
+
+def _dim_size(a: dict) -> int:
+    t = a["self"]
+    return t.size(a["dim"]) if t.dim() else 1
+
+
+def _along_dim(a: dict) -> bool:
+    return _in_range(a["index"], _dim_size(a), negative_ok=False)
+
+
+def _index_list(a: dict) -> bool:
+    self = a["self"]
+    dims = self.shape
+    for i, idx in enumerate(a["indices"]):
+        if idx is None:
+            continue
+        if idx.dtype in (torch.bool, torch.uint8) or i >= len(dims):
+            return False           # masks: data-dependent shapes; leave those to PyTorch
+        if not _in_range(idx, dims[i], negative_ok=True):
+            return False
+    return True
+
+
+def _nll(a: dict) -> bool:
+    x, target, ignore = a["self"], a["target"], a["ignore_index"]
+    classes = x.size(1) if x.dim() >= 2 else x.size(0)
+    return _in_range(target[target != ignore], classes, negative_ok=False)
+
+
+CHECKS: Dict[str, Callable[[dict], bool]] = {
+    **{name: _along_dim for name in ("gather", "scatter", "scatter_add", "scatter_reduce", "index_select",
+                                      "index_add", "index_copy", "index_fill", "index_reduce")},
+    "embedding": lambda a: _in_range(a["indices"], a["weight"].size(0), negative_ok=False),
+    "embedding_dense_backward": lambda a: _in_range(a["indices"], a["num_weights"], negative_ok=False),
+    "take": lambda a: _in_range(a["index"], a["self"].numel(), negative_ok=True),
+    **{name: _index_list for name in ("index", "_unsafe_index", "index_put", "_unsafe_index_put",
+                                      "_index_put_impl")},
+    **{name: _nll for name in ("nll_loss_forward", "nll_loss2d_forward", "nll_loss_backward",
+                               "nll_loss2d_backward")},
+    **{name: (lambda a: _in_range(a["indices"], math.prod(a["output_size"]), negative_ok=False))
+       for name in ("max_unpool2d", "max_unpool3d")},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def checker(func) -> Optional[Callable]:
+    """None when the op reads no data-dependent positions; else a function (args, kwargs) -> ok."""
+    schema = func._schema
+    names = [a.name for a in schema.arguments]
+    takes_index = any(a.name in INDEX_ARG_NAMES and "Tensor" in str(a.type) for a in schema.arguments)
+    if not takes_index:
+        return None
+    check = CHECKS.get(schema.name.split("::", 1)[1])
+    defaults = {a.name: a.default_value for a in schema.arguments if a.has_default_value()}
+
+    def run(args, kwargs) -> bool:
+        if check is None:
+            return False
+        bound = dict(defaults)
+        bound.update(zip(names, args))
+        bound.update(kwargs)
+        try:
+            return bool(check(bound))
+        except Exception:
+            return False
+    return run

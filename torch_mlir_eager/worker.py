@@ -1,0 +1,182 @@
+"""The compile worker: a child process that builds, lowers, JITs and qualifies one kernel per request.
+
+A crash (LLVM abort, segfault in a new kernel) or a hang kills only this process; the parent records it and goes on.
+Run as `python -m torch_mlir_eager.worker`; messages are length-prefixed pickles on stdin / a private stdout fd.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+import time
+
+_HEADER = struct.Struct("<Q")
+
+
+def send(fd: int, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def recv_blocking(fd: int):
+    head = _read_exact(fd, _HEADER.size)
+    if head is None:
+        return None
+    body = _read_exact(fd, _HEADER.unpack(head)[0])
+    return pickle.loads(body)
+
+
+def _read_exact(fd: int, n: int):
+    chunks, got = [], 0
+    while got < n:
+        b = os.read(fd, min(n - got, 1 << 20))
+        if not b:
+            return None
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def resolve(name: str):
+    """'aten.add.Tensor' -> torch.ops.aten.add.Tensor."""
+    import torch
+    ns, op, overload = name.split(".")
+    return getattr(getattr(getattr(torch.ops, ns), op), overload)
+
+
+# ---------------------------------------------------------------- the work, run in the child
+
+def tolerance(func, dtype) -> dict:
+    """rtol/atol for qualifying a kernel against native PyTorch: tight, by dtype; integers and bools exact."""
+    import torch
+    return {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-7, atol=1e-7),
+            torch.float16: dict(rtol=1e-3, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5),
+            }.get(dtype, dict(rtol=0, atol=0))
+
+
+def _signature_check(module, inputs, outputs) -> None:
+    """The lowered function's types must be the ones native PyTorch gives (else the kernel would overrun buffers)."""
+    from .errors import CompileFailure
+    from .kernel import MLIR_ELEMENT
+    func = next(op for op in module.body.operations if op.operation.name == "func.func")
+    ftype = func.attributes["function_type"].value
+    for kind, types, metas in (("input", ftype.inputs, inputs), ("result", ftype.results, outputs)):
+        if len(types) != len(metas):
+            raise CompileFailure("meta", f"{kind} count {len(types)} != {len(metas)}")
+        for t, m in zip(types, metas):
+            want = f"tensor<{''.join(f'{d}x' for d in m.shape)}{MLIR_ELEMENT[m.dtype]}>"
+            if str(t) != want:
+                raise CompileFailure("meta", f"{kind} type {t} != native {want}")
+
+
+def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, inject: str, times: dict):
+    import torch
+    from . import importer, lowering
+    from .errors import CompileFailure
+    from .kernel import Kernel, MLIR_ELEMENT, TensorMeta
+
+    t0 = time.perf_counter()
+    build = importer.decomposed_graph if decompose else importer.one_node_graph
+    graph, fakes = build(func, args, kwargs, tensors)
+    for f in fakes:
+        if f.dtype not in MLIR_ELEMENT:
+            raise CompileFailure("unsupported", f"result dtype {f.dtype}")
+    module = importer.import_graph(ctx, graph)
+    t1 = time.perf_counter()
+    lowering.to_linalg(module)
+    in_metas = [TensorMeta(t.shape, t.dtype) for t in tensors]
+    out_metas = [TensorMeta.of(n) for n in natives]
+    _signature_check(module, in_metas, out_metas)
+    t2 = time.perf_counter()
+    lowering.to_llvm(module)
+    llvm_ir = str(module)
+    t3 = time.perf_counter()
+    kernel = Kernel(llvm_ir, in_metas, out_metas)
+    t4 = time.perf_counter()
+    try:
+        outs = kernel([t.contiguous() for t in tensors])
+    except Exception as e:
+        raise CompileFailure("runtime", f"{type(e).__name__}: {e}") from None
+    if inject == "wrong":
+        outs = [o + 1 if o.dtype != torch.bool else ~o for o in outs]
+    for got, want in zip(outs, natives):
+        try:
+            torch.testing.assert_close(got, want, equal_nan=True, **tolerance(func, want.dtype))
+        except AssertionError as e:
+            raise CompileFailure("mismatch", " ".join(str(e).split("\n")[:3])) from None
+    times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_s=t4 - t3)
+    return llvm_ir, in_metas, out_metas
+
+
+def compile_request(ctx, req: dict) -> dict:
+    """One request -> {"ok": (llvm_ir, in_metas, out_metas), "times": ...} or {"fail": (category, reason)}."""
+    from . import importer
+    from .errors import CATEGORIES, CompileFailure
+    from .spec import flatten
+
+    func = resolve(req["op"])
+    args, kwargs, inject = req["args"], req["kwargs"], req.get("inject", "")
+    if inject == "abort":
+        os.abort()
+    if inject == "hang":
+        time.sleep(1e9)
+    _, tensors = flatten(func, args, kwargs)
+    try:
+        native = func(*args, **kwargs)
+    except Exception as e:
+        return {"fail": ("meta", f"native: {type(e).__name__}: {e}")}
+    natives = list(native) if isinstance(native, (tuple, list)) else [native]
+    import torch
+    if not all(isinstance(n, torch.Tensor) for n in natives):
+        return {"fail": ("unsupported", "non-tensor result")}
+    attempts = [False] + ([True] if importer.has_decomposition(func) else [])
+    best = None
+    for decompose in attempts:
+        times: dict = {}
+        try:
+            llvm_ir, ins, outs = _attempt(ctx, func, args, kwargs, tensors, natives, decompose, inject, times)
+            return {"ok": (llvm_ir, ins, outs), "times": times, "decomposed": decompose}
+        except CompileFailure as e:
+            failure = e
+        except Exception as e:  # a bug on our side still must not take the user's call down
+            failure = CompileFailure("import", f"{type(e).__name__}: {e}")
+        # Keep the failure that got furthest: a wrong answer after decomposing matters more than a lowering gap.
+        if best is None or CATEGORIES.index(failure.category) > CATEGORIES.index(best.category):
+            best = failure
+    return {"fail": (best.category, best.reason)}
+
+
+def main() -> None:
+    # Protocol on a private copy of stdout; anything else printed (LLVM, warnings) goes to stderr.
+    proto_out = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    import torch  # noqa: F401  (paid once, before "ready")
+    from torch_mlir import ir
+    from torch_mlir.dialects import torch as torch_d
+    from . import importer
+    importer.decomposition_table()
+
+    def new_context():
+        c = ir.Context()
+        torch_d.register_dialect(c)
+        return c
+
+    ctx, served = new_context(), 0
+    send(proto_out, {"ready": os.getpid()})
+    while True:
+        req = recv_blocking(0)
+        if req is None:
+            return
+        if served and served % 200 == 0:   # the context interns every type and attribute: renew it
+            ctx = new_context()
+        served += 1
+        send(proto_out, compile_request(ctx, req))
+
+
+if __name__ == "__main__":
+    main()
