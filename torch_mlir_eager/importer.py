@@ -27,13 +27,15 @@ def _fake_call(func, args, kwargs, tensors):
 
 
 def _results(out) -> list:
+    """The results the kernel computes: zero-size ones hold no data and are allocated by the caller instead."""
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     for o in outs:
         if not isinstance(o, torch.Tensor):
             raise CompileFailure("unsupported", f"non-tensor result {type(o).__name__}")
-        if o.numel() == 0:
-            raise CompileFailure("unsupported", "zero-size result")
-    return outs
+    kept = [o for o in outs if o.numel() > 0]
+    if not kept:
+        raise CompileFailure("unsupported", "zero-size result")
+    return kept
 
 
 def one_node_graph(func, args, kwargs, tensors) -> tuple:
@@ -52,7 +54,9 @@ def one_node_graph(func, args, kwargs, tensors) -> tuple:
     node.meta["val"] = out
     if isinstance(out, (tuple, list)):
         outs = []
-        for i, r in enumerate(results):
+        for i, r in enumerate(out):
+            if r.numel() == 0:
+                continue
             gi = g.call_function(operator.getitem, (node, i))
             gi.meta["val"] = r
             outs.append(gi)
@@ -72,6 +76,17 @@ def decomposition_table() -> dict:
     return table
 
 
+def decomposition_for(func) -> dict:
+    """The table for decomposing `func`: the curated one, plus PyTorch's registered decomposition of `func`
+    itself when the curated one has none (only for the op at the top: its parts stay at the ATen level)."""
+    from torch._decomp import decomposition_table as registered
+    table = decomposition_table()
+    if func not in table and func in registered:
+        table = dict(table)
+        table[func] = registered[func]
+    return table
+
+
 def decomposed_graph(func, args, kwargs, tensors) -> tuple:
     """(graph, fake results) of the op traced through a decomposition table: still one call -> one module."""
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -82,12 +97,13 @@ def decomposed_graph(func, args, kwargs, tensors) -> tuple:
         it = iter(ts)
         a, k = map_tensors((args, kwargs), lambda _t: next(it))
         r = func(*a, **k)
-        return tuple(r) if isinstance(r, (tuple, list)) else (r,)
+        return tuple(x for x in (r if isinstance(r, (tuple, list)) else (r,)) if x.numel() > 0)
 
     try:
-        gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake")(*tensors)
+        gm = make_fx(fn, decomposition_table=decomposition_for(func), tracing_mode="fake")(*tensors)
     except Exception as e:
         raise CompileFailure("import", f"decomposition: {type(e).__name__}: {e}") from None
+    gm.graph.eliminate_dead_code()   # decompositions leave unused temporaries (zero-size stats, ...)
     return gm.graph, results
 
 
@@ -103,4 +119,4 @@ def import_graph(ctx, graph: fx.Graph):
 
 
 def has_decomposition(func) -> bool:
-    return func in decomposition_table()
+    return func in decomposition_for(func)

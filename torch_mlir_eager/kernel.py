@@ -33,13 +33,14 @@ def _contiguous_strides(shape: Sequence[int]) -> tuple:
 
 
 class TensorMeta:
-    __slots__ = ("shape", "dtype", "strides", "contiguous")
+    __slots__ = ("shape", "dtype", "strides", "contiguous", "empty")
 
     def __init__(self, shape, dtype, strides=None):
         self.shape = tuple(shape)
         self.dtype = dtype
         self.strides = tuple(strides) if strides is not None else _contiguous_strides(self.shape)
         self.contiguous = self.strides == _contiguous_strides(self.shape) or len(self.shape) == 0
+        self.empty = 0 in self.shape      # no data: allocated by the caller, not passed to the kernel
 
     @classmethod
     def of(cls, t: torch.Tensor) -> "TensorMeta":
@@ -81,7 +82,7 @@ class Kernel:
         self.inputs, self.outputs = list(inputs), list(outputs)
         self._ctx, self._module, self._ee, addr = _engine(llvm_ir)   # keep the engine (and its code) alive
         self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr)
-        metas = self.inputs + self.outputs
+        metas = self.inputs + [m for m in self.outputs if not m.empty]
         self._descs = []
         for m in metas:
             d = memref_struct(len(m.shape))()
@@ -98,7 +99,7 @@ class Kernel:
         """Run on contiguous inputs of the compiled shapes; returns outputs with the native strides."""
         outs = [torch.empty(m.shape, dtype=m.dtype) for m in self.outputs]
         with self._lock:
-            for d, t in zip(self._descs, list(tensors) + outs):
+            for d, t in zip(self._descs, list(tensors) + [o for o in outs if o.numel()]):
                 d.allocated = d.aligned = t.data_ptr()
             self._fn(self._packed)
         return [o if m.contiguous else torch.empty_strided(m.shape, m.strides, dtype=m.dtype).copy_(o)
