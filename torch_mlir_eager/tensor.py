@@ -22,10 +22,18 @@ class TorchMLIRTensor(torch.Tensor):
             elem = elem.elem
         if not isinstance(elem, torch.Tensor):
             raise TypeError(f"TorchMLIRTensor wraps a torch.Tensor, got {type(elem).__name__}")
+        if elem.layout is not torch.strided:
+            raise TypeError(f"TorchMLIRTensor wraps strided (dense) tensors, got {elem.layout}")
         rg = elem.requires_grad if requires_grad is None else requires_grad
         r = torch.Tensor._make_wrapper_subclass(
             cls, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(),
             dtype=elem.dtype, layout=elem.layout, device=elem.device, requires_grad=rg)
+        # Lazy conjugation/negation bits live on the tensor PyTorch's composite code sees: mirror them, or
+        # a conj view would skip resolve_conj and give wrong numbers.
+        if elem.is_conj():
+            torch._C._set_conj(r, True)
+        if elem.is_neg():
+            torch._C._set_neg(r, True)
         r.elem = elem.detach() if elem.requires_grad else elem
         return r
 
@@ -48,10 +56,8 @@ def _unwrap_one(t):
 
 
 def _wrap_out(out):
-    if isinstance(out, TorchMLIRTensor):
-        return out
     if isinstance(out, torch.Tensor):
-        return TorchMLIRTensor(out)
+        return _wrap_one(out)
     if isinstance(out, (list, tuple)):
         return type(out)(_wrap_out(o) for o in out)
     return out
@@ -87,13 +93,19 @@ def _swap_module_tensors(module: nn.Module, fn) -> nn.Module:
     return module
 
 
+def _wrap_one(t):
+    # Sparse and other non-strided tensors stay plain: their calls run natively.
+    if isinstance(t, TorchMLIRTensor) or t.layout is not torch.strided:
+        return t
+    return TorchMLIRTensor(t)
+
+
 def wrap(x):
-    """tensor -> TorchMLIRTensor; list/tuple/dict -> same structure wrapped; nn.Module -> wrapped in place."""
+    """tensor -> TorchMLIRTensor; list/tuple/dict -> same structure wrapped; nn.Module -> wrapped in place.
+    Non-strided (sparse) tensors are left as they are."""
     if isinstance(x, nn.Module):
-        return _swap_module_tensors(x, lambda t: t if isinstance(t, TorchMLIRTensor) else TorchMLIRTensor(t))
-    if isinstance(x, torch.Tensor) and not isinstance(x, TorchMLIRTensor):
-        return TorchMLIRTensor(x)
-    return tree_map_only(torch.Tensor, lambda t: t if isinstance(t, TorchMLIRTensor) else TorchMLIRTensor(t), x)
+        return _swap_module_tensors(x, _wrap_one)
+    return tree_map_only(torch.Tensor, _wrap_one, x)
 
 
 def unwrap(x):

@@ -1,0 +1,76 @@
+"""Faults in the MLIR path end in a recorded fallback with the right category, and the test process survives.
+
+A test hook (`config.override(inject={op: kind})`) makes the compile worker abort, hang, or qualify a wrong kernel.
+Each test uses its own shapes so no earlier cache entry answers for it.
+"""
+import os
+
+import pytest
+import torch
+
+import torch_mlir_eager as tme
+from torch_mlir_eager import compiler, config
+from helpers import row
+
+
+@pytest.fixture(autouse=True)
+def fresh_report():
+    tme.reset_report()
+
+
+def _sigmoid(shape):
+    x = torch.randn(*shape)
+    got = tme.unwrap(torch.sigmoid(tme.wrap(x)))
+    torch.testing.assert_close(got, torch.sigmoid(x))     # native answer: correct despite the fault
+    return row("aten.sigmoid.default")
+
+
+def test_worker_abort_is_a_crash_fallback():
+    starts = compiler.worker().starts
+    with config.override(inject={"aten.sigmoid.default": "abort"}):
+        r = _sigmoid((7, 11))
+    assert r["fallback_calls"] == 1 and r["mlir_calls"] == 0
+    assert "crash" in r["reasons"] and "SIGABRT" in r["reasons"]["crash"]
+    # The next compile restarts the worker and goes through MLIR.
+    r = _sigmoid((7, 12))
+    assert r["mlir_calls"] == 1 and compiler.worker().starts == starts + 1
+
+
+def test_hang_past_the_limit_is_a_timeout_fallback():
+    with config.override(inject={"aten.sigmoid.default": "hang"}, compile_timeout_s=3):
+        r = _sigmoid((5, 13))
+    assert r["fallback_calls"] == 1 and "timeout" in r["reasons"]
+    assert _sigmoid((5, 14))["mlir_calls"] == 1
+
+
+def test_wrong_kernel_is_a_mismatch_fallback():
+    with config.override(inject={"aten.sigmoid.default": "wrong"}):
+        r = _sigmoid((3, 17))
+    assert r["fallback_calls"] == 1 and "mismatch" in r["reasons"]
+
+
+def test_failures_are_negative_cached():
+    with config.override(inject={"aten.sigmoid.default": "wrong"}):
+        _sigmoid((3, 19))
+    r = _sigmoid((3, 19))                   # no inject now: the known failure is not retried
+    assert r["fallback_calls"] == 2 and r["compiles"] == 1 and r["mlir_calls"] == 0
+
+
+def test_real_native_crash_in_lowering_survives():
+    # torch-mlir 20261001 aborts ("LLVM ERROR") lowering a cast to complex; complex is refused before lowering,
+    # and SIGFPE on repeat of an empty tensor is avoided by running zero-size inputs natively.
+    x = torch.randn(0)
+    got = tme.unwrap(tme.wrap(x).repeat(0))
+    assert got.shape == x.repeat(0).shape
+    y = torch.randn(2, 3)
+    got = tme.unwrap(tme.wrap(y).to(torch.complex64))
+    torch.testing.assert_close(got, y.to(torch.complex64))
+    assert row("aten._to_copy.default")["fallback_calls"] == 1
+
+
+def test_killed_worker_restarts():
+    compiler.worker().compile({"op": "aten.neg.default", "args": (torch.ones(2),), "kwargs": {}})
+    os.kill(compiler.worker()._proc.pid, 9)
+    r = _sigmoid((9, 2))
+    assert r["mlir_calls"] + r["fallback_calls"] == 1
+    assert _sigmoid((9, 3))["mlir_calls"] == 1

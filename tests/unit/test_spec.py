@@ -1,0 +1,80 @@
+"""spec: how ops are treated (from schema and tags) and the cache key."""
+import math
+
+import pytest
+import torch
+
+from torch_mlir_eager import spec
+from torch_mlir_eager.errors import CompileFailure
+
+aten = torch.ops.aten
+
+
+@pytest.mark.parametrize("func,reason", [
+    (aten.view.default, "view"), (aten._unsafe_view.default, "view"), (aten.t.default, "view"),
+    (aten.transpose.int, "view"), (aten.expand.default, "view"), (aten.slice.Tensor, "view"),
+    (aten.select.int, "view"), (aten.detach.default, "view"), (aten.as_strided.default, "view"),
+    (aten.transpose_.default, "view"), (aten.bernoulli.p, "random"), (aten.native_dropout.default, "random"),
+    (aten._local_scalar_dense.default, "no tensor result"),
+])
+def test_native_by_design(func, reason):
+    assert spec.plan(func).native_reason == reason
+
+
+def test_functional_ops_compile_as_themselves():
+    p = spec.plan(aten.add.Tensor)
+    assert p.native_reason is None and p.functional is aten.add.Tensor and not p.inplace and not p.out_names
+
+
+def test_inplace_maps_to_functional():
+    p = spec.plan(aten.add_.Tensor)
+    assert p.inplace and p.functional is aten.add.Tensor
+    assert spec.plan(aten.relu_.default).functional is aten.relu.default
+    assert spec.plan(aten.copy_.default).functional is aten.copy.default
+
+
+def test_out_maps_to_functional():
+    p = spec.plan(aten.add.out)
+    assert p.functional is aten.add.Tensor and p.out_names == ("out",)
+    p = spec.plan(aten.max.dim_max)
+    assert p.functional is aten.max.dim and p.out_names == ("max", "max_values")
+
+
+def test_key_keeps_scalar_types_apart():
+    a = torch.ones(2, 3)
+    keys = {spec.flatten(aten.add.Tensor, (a, a), {"alpha": v})[0] for v in (1, 1.0, True, 2)}
+    assert len(keys) == 4
+
+
+def test_key_nan_and_negative_zero():
+    a = torch.ones(2)
+    k1 = spec.flatten(aten.add.Scalar, (a, math.nan), {})[0]
+    k2 = spec.flatten(aten.add.Scalar, (a, float("nan")), {})[0]
+    assert k1 == k2 and hash(k1) == hash(k2)
+    assert spec.flatten(aten.add.Scalar, (a, 0.0), {})[0] != spec.flatten(aten.add.Scalar, (a, -0.0), {})[0]
+
+
+def test_key_shape_dtype_layout():
+    a = torch.ones(3, 4)
+    k = lambda t: spec.flatten(aten.neg.default, (t,), {})[0]
+    assert k(a) == k(torch.zeros(3, 4))
+    assert k(a) != k(torch.ones(4, 3)) != k(a.double())
+    assert k(a.t().contiguous()) != k(a.t())
+    assert k(torch.ones(4, 6)[:, ::2]) != k(torch.ones(4, 6).t()[::2].t().contiguous())
+
+
+def test_key_tensor_lists_flattened():
+    a, b = torch.ones(2), torch.ones(3)
+    key, tensors = spec.flatten(aten.cat.default, ([a, b], 0), {})
+    assert tensors == [a, b] or all(x is y for x, y in zip(tensors, [a, b]))
+    rebuilt = spec.map_tensors(([a, b], 0), lambda t: t.shape)
+    assert rebuilt == ([torch.Size([2]), torch.Size([3])], 0)
+
+
+@pytest.mark.parametrize("t,what", [(torch.ones(2, dtype=torch.complex64), "dtype"),
+                                    (torch.ones(2, dtype=torch.uint8), "dtype"),
+                                    (torch.ones(0, 3), "zero-size")])
+def test_unsupported_inputs(t, what):
+    with pytest.raises(CompileFailure) as e:
+        spec.flatten(aten.neg.default, (t,), {})
+    assert e.value.category == "unsupported" and what in e.value.reason
