@@ -36,7 +36,7 @@ def _run_mlir(p: spec.OpPlan, func, args, kwargs):
         raise CompileFailure("unsupported", "only the destination is a tensor")
     check = validate.checker(f)
     if check is not None and not check(args, kwargs):
-        raise CompileFailure("unsupported", "indices not validated in range: run natively")
+        raise CompileFailure("unsupported", "indices out of range, unchecked, or op known wrong: run natively")
     cache = compiler.cache()
     kernel = cache.lookup(key)
     hit = kernel is not None

@@ -112,6 +112,7 @@ class Report:
         return sorted((r for r in self.rows if r.fallback_calls), key=lambda r: (-r.fallback_calls, r.op))
 
     def summary(self) -> str:
+        """One line: the MLIR share, the native-by-design share beside it, and the ops that fell back."""
         t = self.totals()
         decided = t["mlir_calls"] + t["fallback_calls"]
         line = (f"torch-mlir-eager: {100 * t['mlir_share']:.1f}% of {decided} calls through MLIR "
@@ -119,12 +120,8 @@ class Report:
                 f"native by design (views, random, no tensor in/out): {t['native_calls']} calls "
                 f"({100 * t['native_share']:.1f}% of all {t['calls']}); compile {t['compile_s']:.2f} s")
         failed = self.fell_back()
-        if failed:
-            parts = [f"{r.op} ({r.fallback_calls}: {', '.join(sorted(r.fallback_by_category))})" for r in failed]
-            line += "\nOp(s) not lowered: " + ", ".join(parts)
-        else:
-            line += "\nOp(s) not lowered: none"
-        return line
+        parts = [f"{r.op} ({r.fallback_calls}: {', '.join(sorted(r.fallback_by_category))})" for r in failed]
+        return line + ". Op(s) not lowered: " + (", ".join(parts) if parts else "none")
 
     def __str__(self) -> str:
         head = ("op", "calls", "mlir", "fallback", "native", "hits", "compiles", "compile_s", "reasons")

@@ -204,3 +204,24 @@ def test_autograd_through_wrapper():
     (xw @ tme.wrap(w)).tanh().sum().backward()
     torch.testing.assert_close(tme.unwrap(xw.grad), want, rtol=1e-4, atol=1e-5)
     assert row("aten.tanh_backward.default")["mlir_calls"] >= 1
+
+
+def test_float_target_is_not_an_index():
+    check_op(torch.nn.functional.mse_loss, torch.randn(4, 3), torch.randn(4, 3))
+    assert row("aten.mse_loss.default")["mlir_calls"] == 1
+
+
+def test_nll_loss_target_checked():
+    x = torch.randn(4, 5).log_softmax(1)
+    check_op(torch.nn.functional.nll_loss, x, torch.tensor([0, 4, 2, 1]))
+    assert row("aten.nll_loss_forward.default")["mlir_calls"] == 1
+    with pytest.raises(IndexError):
+        torch.nn.functional.nll_loss(tme.wrap(x), tme.wrap(torch.tensor([0, 5, 2, 1])))
+
+
+def test_known_wrong_op_runs_natively():
+    check_op(torch.nn.functional.softshrink, torch.randn(20))
+    check_op(lambda t: torch.nn.functional.gelu(t, approximate="tanh"), torch.randn(10, 10))
+    check_op(torch.nn.functional.gelu, torch.randn(10, 10))
+    assert row("aten.softshrink.default")["fallback_calls"] == 1
+    assert row("aten.gelu.default")["fallback_calls"] == 1 and row("aten.gelu.default")["mlir_calls"] == 1

@@ -52,7 +52,8 @@ def test_report_counts_and_summary():
     assert rows["aten.foo.default"]["reasons"] == {"lowering": "failed to legalize torch.operator"}
     assert [row["op"] for row in d["ops"]][0] in ("aten.add.Tensor",)
     last = str(rep).splitlines()[-1]
-    assert last.startswith("Op(s) not lowered: aten.foo.default (2: lowering), aten.bar.default (1: crash)")
+    assert last == rep.summary()
+    assert last.endswith("Op(s) not lowered: aten.foo.default (2: lowering), aten.bar.default (1: crash)")
     assert "50.0% of 6 calls through MLIR" in rep.summary()
     r.reset()
     assert r.snapshot().to_dict()["ops"] == []
