@@ -67,8 +67,10 @@ class _MLIRMode(TorchDispatchMode):
     """Plain tensors' aten calls go through the same path as TorchMLIRTensor's."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if any(t is not torch.Tensor and t is not nn.Parameter for t in types):
-            return NotImplemented      # another subclass (TorchMLIRTensor, FakeTensor...) handles itself
+        if any(t not in (torch.Tensor, nn.Parameter, TorchMLIRTensor) for t in types):
+            return NotImplemented      # another subclass (FakeTensor, ...) handles itself
+        if TorchMLIRTensor in types:   # here, not after NotImplemented: this mode stays off for our own calls
+            return TorchMLIRTensor.__torch_dispatch__(func, types, args, kwargs)
         return dispatch.call(func, args, kwargs or {})
 
 

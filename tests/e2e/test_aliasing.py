@@ -225,3 +225,12 @@ def test_known_wrong_op_runs_natively():
     check_op(torch.nn.functional.gelu, torch.randn(10, 10))
     assert row("aten.softshrink.default")["fallback_calls"] == 1
     assert row("aten.gelu.default")["fallback_calls"] == 1 and row("aten.gelu.default")["mlir_calls"] == 1
+
+
+def test_mode_with_wrapped_tensors_counts_each_call_once():
+    a, b = tme.wrap(torch.randn(3, 4)), tme.wrap(torch.randn(4, 5))
+    with tme.enable():
+        c = torch.mm(a, b)
+    assert isinstance(c, tme.TorchMLIRTensor)
+    t = tme.report().to_dict()["totals"]
+    assert t["calls"] == 1 and t["mlir_calls"] == 1
