@@ -69,7 +69,8 @@ def diagnostic(e: Exception) -> str:
     lines = [l.strip() for l in text.splitlines() if l.strip()]
     for l in lines:
         if "error:" in l:
-            return _LOC.sub("", l.split("error:", 1)[1]).strip() or l
+            msg = _LOC.sub("", l.split("error:", 1)[1]).strip()
+            return msg.split(":", 1)[1].strip() if msg.startswith("unknown:") else (msg or l)
     for l in lines[1:]:
         if l.startswith("error") or "failed" in l or "illegal" in l:
             return _LOC.sub("", l).strip()

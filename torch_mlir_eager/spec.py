@@ -19,6 +19,9 @@ SUPPORTED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch
 # Ops whose schema says "new tensor" but which PyTorch implements as a view of their input.
 _VIEW_LIKE = frozenset({aten._unsafe_view.default})
 
+# Allocations whose result is uninitialized memory: the input gives only shape and dtype; nothing to compute.
+_ALLOCATIONS = frozenset({aten.empty_like.default, aten.new_empty.default, aten.new_empty_strided.default})
+
 
 @dataclasses.dataclass(frozen=True)
 class OpPlan:
@@ -68,6 +71,8 @@ def plan(func: torch._ops.OpOverload) -> OpPlan:
         return OpPlan(name, "view")
     if torch.Tag.nondeterministic_seeded in tags:
         return OpPlan(name, "random")
+    if func in _ALLOCATIONS:
+        return OpPlan(name, "allocation (uninitialized result)")
     if not _returns_tensor(schema):
         return OpPlan(name, "no tensor result")
     writes = _writes(schema)

@@ -16,6 +16,7 @@ aten = torch.ops.aten
     (aten.select.int, "view"), (aten.detach.default, "view"), (aten.as_strided.default, "view"),
     (aten.transpose_.default, "view"), (aten.bernoulli.p, "random"), (aten.native_dropout.default, "random"),
     (aten._local_scalar_dense.default, "no tensor result"),
+    (aten.empty_like.default, "allocation (uninitialized result)"),
 ])
 def test_native_by_design(func, reason):
     assert spec.plan(func).native_reason == reason
