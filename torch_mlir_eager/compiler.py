@@ -15,7 +15,7 @@ from typing import Optional
 
 from . import config
 from .cache import KernelCache
-from .errors import CompileFailure, first_line
+from .errors import CompileFailure
 from .worker import _HEADER, send
 
 log = logging.getLogger(__name__)
@@ -163,5 +163,3 @@ def compile_kernel(key, func, args, kwargs, tensors):
              ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in reply.get("times", {}).items()))
     return kernel
 
-
-__all__ = ["cache", "compile_kernel", "worker", "first_line"]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Any
 
 import torch
 import torch.fx as fx
