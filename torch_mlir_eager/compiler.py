@@ -35,6 +35,8 @@ class WorkerClient:
     def _start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = _PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+        if self._stderr is not None:
+            self._stderr.close()          # the previous worker's log: one open file, not one per restart
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen([sys.executable, "-m", "torch_mlir_eager.worker"], env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
@@ -122,13 +124,17 @@ class WorkerClient:
 
 _worker = WorkerClient()
 _cache: Optional[KernelCache] = None
+_cache_lock = threading.Lock()
 atexit.register(_worker.close)
 
 
 def cache() -> KernelCache:
+    """The process-wide kernel cache, sized from the config in force at its first use."""
     global _cache
     if _cache is None:
-        _cache = KernelCache()
+        with _cache_lock:
+            if _cache is None:
+                _cache = KernelCache()
     return _cache
 
 
