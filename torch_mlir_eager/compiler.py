@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
 import select
@@ -124,6 +125,7 @@ class WorkerClient:
 
 _worker = WorkerClient()
 _cache: Optional[KernelCache] = None
+compile_seconds: collections.deque = collections.deque(maxlen=100_000)   # each successful compile, for medians
 _cache_lock = threading.Lock()
 atexit.register(_worker.close)
 
@@ -164,6 +166,7 @@ def compile_kernel(key, func, args, kwargs, tensors):
         log.info("compile %s failed after %.1f ms: %s", func, 1e3 * (time.perf_counter() - t0), e)
         raise
     cache().put(key, kernel)
+    compile_seconds.append(time.perf_counter() - t0)
     log.info("compiled %s %s -> %s in %.1f ms (%s)", func, kernel.inputs, kernel.outputs,
              1e3 * (time.perf_counter() - t0),
              ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in reply.get("times", {}).items()))

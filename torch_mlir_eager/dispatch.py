@@ -14,13 +14,35 @@ log = logging.getLogger(__name__)
 recorder = Recorder()
 
 
-def _returns_list(func) -> bool:
-    r = func._schema.returns
-    return len(r) == 1 and str(r[0].type).startswith(("Tensor[]", "List[Tensor]"))
+class OpEntry:
+    """Everything the hot path needs about one OpOverload, resolved once (OpOverload hashing is slow Python)."""
+    __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing")
+
+    def __init__(self, func):
+        p = spec.plan(func)
+        r = func._schema.returns
+        self.func = func            # keeps the object alive, so its id stays unique in the table
+        self.plan = p
+        self.fname = str(p.functional) if p.functional is not None else p.name
+        self.check = validate.checker(p.functional) if p.functional is not None else None
+        self.returns_list = len(r) == 1 and str(r[0].type).startswith(("Tensor[]", "List[Tensor]"))
+        # Wrapper outputs need PyTorch's aliasing fix-up only where the schema says a result aliases an input.
+        self.aliasing = any(a.alias_info is not None for a in r) or bool(p.inplace or p.out_names)
 
 
-def _run_mlir(p: spec.OpPlan, func, args, kwargs):
+_entries: dict = {}
+
+
+def entry(func) -> OpEntry:
+    e = _entries.get(id(func))
+    if e is None:
+        e = _entries[id(func)] = OpEntry(func)
+    return e
+
+
+def _run_mlir(e: OpEntry, func, args, kwargs):
     """The result through MLIR; raises CompileFailure for anything it cannot do correctly."""
+    p = e.plan
     if p.unsupported:
         raise CompileFailure("unsupported", p.unsupported)
     f = p.functional
@@ -31,10 +53,12 @@ def _run_mlir(p: spec.OpPlan, func, args, kwargs):
         dests = [args[0]]
     else:
         dests = []
-    key, tensors = spec.flatten(f, args, kwargs)
+    key, tensors = spec.flatten(e.fname, args, kwargs)
     if not tensors:
+        if not dests:
+            raise _NoTensorInput()
         raise CompileFailure("unsupported", "only the destination is a tensor")
-    check = validate.checker(f)
+    check = e.check
     if check is not None and not check(args, kwargs):
         raise CompileFailure("unsupported", "indices out of range, unchecked, or op known wrong: run natively")
     cache = compiler.cache()
@@ -62,33 +86,32 @@ def _run_mlir(p: spec.OpPlan, func, args, kwargs):
         if p.inplace:
             return args[0]
         return dests[0] if len(dests) == 1 else tuple(dests)
-    if _returns_list(func):
+    if e.returns_list:
         return outs
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
+class _NoTensorInput(Exception):
+    """A factory call (no tensor argument): native by design."""
+
+
 def call(func, args: tuple, kwargs: dict):
     """Run one aten call on plain tensors: through MLIR when possible, natively otherwise."""
-    p = spec.plan(func)
+    return call_entry(entry(func), args, kwargs)
+
+
+def call_entry(e: OpEntry, args: tuple, kwargs: dict):
+    func, p = e.func, e.plan
     if p.native_reason is not None:
         recorder.native(p.name, p.native_reason)
         return func(*args, **kwargs)
-    if not any(isinstance(x, torch.Tensor) for x in _leaves(args, kwargs)):
+    try:
+        return _run_mlir(e, func, args, kwargs)
+    except CompileFailure as exc:
+        failure = exc
+    except _NoTensorInput:
         recorder.native(p.name, "no tensor input")
         return func(*args, **kwargs)
-    try:
-        return _run_mlir(p, func, args, kwargs)
-    except CompileFailure as e:
-        failure = e
     log.debug("%s falls back (%s: %s)", p.name, failure.category, failure.reason)
     recorder.fallback(p.name, failure.category, failure.reason)
     return func(*args, **kwargs)      # outside the handler: PyTorch's own errors reach the user unchained
-
-
-def _leaves(args, kwargs):
-    for x in args:
-        if isinstance(x, (list, tuple)):
-            yield from x
-        else:
-            yield x
-    yield from kwargs.values()

@@ -94,13 +94,25 @@ class Kernel:
         self._packed = (ctypes.c_void_p * len(metas))(
             *[ctypes.cast(ctypes.pointer(c), ctypes.c_void_p) for c in self._cells])
         self._lock = threading.Lock()
+        self._out_alloc = [(m.shape, m.dtype) for m in self.outputs]
+        self._all_contiguous = all(m.contiguous for m in self.outputs)
 
     def __call__(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Run on contiguous inputs of the compiled shapes; returns outputs with the native strides."""
-        outs = [torch.empty(m.shape, dtype=m.dtype) for m in self.outputs]
+        outs = [torch.empty(shape, dtype=dtype) for shape, dtype in self._out_alloc]
         with self._lock:
-            for d, t in zip(self._descs, list(tensors) + [o for o in outs if o.numel()]):
+            descs = self._descs
+            for i, t in enumerate(tensors):
+                d = descs[i]
                 d.allocated = d.aligned = t.data_ptr()
+            i = len(tensors)
+            for o in outs:
+                if o.numel():
+                    d = descs[i]
+                    d.allocated = d.aligned = o.data_ptr()
+                    i += 1
             self._fn(self._packed)
+        if self._all_contiguous:
+            return outs
         return [o if m.contiguous else torch.empty_strided(m.shape, m.strides, dtype=m.dtype).copy_(o)
                 for o, m in zip(outs, self.outputs)]

@@ -94,15 +94,18 @@ def plan(func: torch._ops.OpOverload) -> OpPlan:
 # ---- arguments: one walk gives the tensors (kernel inputs, in order) and the cache key ----
 
 def _tensor_key(t: torch.Tensor) -> tuple:
-    if t.device.type != "cpu":
+    # Hot path: each check is one cheap C call; quantized dtypes fail the dtype check.
+    if not t.is_cpu:
         raise CompileFailure("unsupported", f"device {t.device}")
-    if t.layout is not torch.strided or t.is_quantized:
+    if t.layout is not torch.strided:
         raise CompileFailure("unsupported", f"layout {t.layout}")
     if t.dtype not in SUPPORTED_DTYPES:
         raise CompileFailure("unsupported", f"dtype {t.dtype}")
-    if t.numel() == 0:
+    shape = tuple(t.shape)
+    if 0 in shape:
         raise CompileFailure("unsupported", "zero-size tensor")
-    return (tuple(t.shape), t.dtype, t.is_contiguous())
+    # Non-contiguous layouts keep their strides: native result strides (and so ours) depend on them.
+    return (shape, t.dtype, True if t.is_contiguous() else t.stride())
 
 
 def _walk(x: Any, tensors: list, key: list) -> None:
@@ -119,11 +122,17 @@ def _walk(x: Any, tensors: list, key: list) -> None:
         key.append((type(x), x))          # 1, 1.0 and True stay distinct
 
 
-def flatten(func, args: tuple, kwargs: dict) -> tuple:
-    """(key, tensors): the key names the op, each tensor's shape/dtype/contiguity and every other argument."""
+def flatten(op, args: tuple, kwargs: dict) -> tuple:
+    """(key, tensors): the key names the op, each tensor's shape/dtype/contiguity and every other argument.
+    `op` is any hashable name of the op; the dispatcher passes the overload's name (a str hashes fastest)."""
     tensors: list = []
-    key: list = [func]
-    _walk(args, tensors, key)
+    key: list = [op]
+    for a in args:                     # the top level inline: most calls are a few tensors and scalars
+        if isinstance(a, torch.Tensor):
+            tensors.append(a)
+            key.append(_tensor_key(a))
+        else:
+            _walk(a, tensors, key)
     for k, v in kwargs.items():
         key.append(k)
         _walk(v, tensors, key)

@@ -45,10 +45,26 @@ class TorchMLIRTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        uargs, ukwargs = map_tensors((args, kwargs), _unwrap_one)
-        out = dispatch.call(func, uargs, ukwargs)
-        return return_and_correct_aliasing(func, args, kwargs, _wrap_out(out))
+        uargs = tuple([a.elem if isinstance(a, TorchMLIRTensor) else
+                       map_tensors(a, _unwrap_one) if isinstance(a, (list, tuple)) else a for a in args])
+        ukwargs = map_tensors(kwargs, _unwrap_one) if kwargs else {}
+        e = dispatch.entry(func)
+        out = _wrap_out(dispatch.call_entry(e, uargs, ukwargs))
+        if e.aliasing:
+            return return_and_correct_aliasing(func, args, kwargs or {}, out)
+        return out
+
+
+def _from_result(elem: torch.Tensor) -> "TorchMLIRTensor":
+    """Wrap an op's plain strided result: no autograd history below dispatch, so no requires_grad to carry."""
+    r = torch.Tensor._make_wrapper_subclass(
+        TorchMLIRTensor, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(),
+        dtype=elem.dtype, device=elem.device)
+    if elem.is_complex():
+        torch._C._set_conj(r, elem.is_conj())
+        torch._C._set_neg(r, elem.is_neg())
+    r.elem = elem
+    return r
 
 
 def _unwrap_one(t):
@@ -56,6 +72,8 @@ def _unwrap_one(t):
 
 
 def _wrap_out(out):
+    if type(out) is torch.Tensor and out.layout is torch.strided and not out.requires_grad:
+        return _from_result(out)
     if isinstance(out, torch.Tensor):
         return _wrap_one(out)
     if isinstance(out, (list, tuple)):

@@ -124,7 +124,7 @@ def compile_request(ctx, req: dict) -> dict:
         os.abort()
     if inject == "hang":
         time.sleep(1e9)
-    _, tensors = flatten(func, args, kwargs)
+    _, tensors = flatten(req["op"], args, kwargs)
     try:
         native = func(*args, **kwargs)
     except Exception as e:
