@@ -21,10 +21,12 @@ class KernelCache:
     def lookup(self, key) -> Any:
         """The kernel for key; raises the stored CompileFailure for a known-bad key; None on a miss."""
         with self._lock:
-            k = self._kernels.get(key)
-            if k is not None:
+            try:
+                k = self._kernels[key]          # one lookup on a hit (it also refreshes the LRU order)
                 self.hits += 1
                 return k
+            except KeyError:
+                pass
             f = self._failures.get(key)
             if f is not None:
                 self.negative_hits += 1

@@ -52,7 +52,7 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
     elif p.inplace:
         dests = [args[0]]
     else:
-        dests = []
+        dests = None
     key, tensors = spec.flatten(e.fname, args, kwargs)
     if not tensors:
         if not dests:
@@ -70,11 +70,12 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
             kernel = compiler.compile_kernel(key, f, args, kwargs, tensors)
         finally:
             recorder.compiled(p.name, time.perf_counter() - t0)
-    for d, m in zip(dests, kernel.outputs):
-        if not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
-            raise CompileFailure("unsupported", "destination needs a resize or a cast")
+    if dests:
+        for d, m in zip(dests, kernel.outputs):
+            if not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
+                raise CompileFailure("unsupported", "destination needs a resize or a cast")
     try:
-        outs = kernel([t if t.is_contiguous() else t.contiguous() for t in tensors])
+        outs = kernel([t.contiguous() for t in tensors])    # contiguous() returns the tensor itself when it is
     except Exception as e:
         failure = CompileFailure("runtime", f"{type(e).__name__}: {e}")
         cache.put_failure(key, failure)

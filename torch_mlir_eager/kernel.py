@@ -94,6 +94,10 @@ class Kernel:
         self._packed = (ctypes.c_void_p * len(metas))(
             *[ctypes.cast(ctypes.pointer(c), ctypes.c_void_p) for c in self._cells])
         self._lock = threading.Lock()
+        self._packed_addr = ctypes.addressof(self._packed)
+        self._in_descs = self._descs[:len(self.inputs)]
+        self._out_descs = self._descs[len(self.inputs):]
+        self._no_empty = not any(m.empty for m in self.outputs)
         self._out_alloc = [(m.shape, m.dtype) for m in self.outputs]
         self._all_contiguous = all(m.contiguous for m in self.outputs)
 
@@ -101,17 +105,11 @@ class Kernel:
         """Run on contiguous inputs of the compiled shapes; returns outputs with the native strides."""
         outs = [torch.empty(shape, dtype=dtype) for shape, dtype in self._out_alloc]
         with self._lock:
-            descs = self._descs
-            for i, t in enumerate(tensors):
-                d = descs[i]
+            for d, t in zip(self._in_descs, tensors):
                 d.allocated = d.aligned = t.data_ptr()
-            i = len(tensors)
-            for o in outs:
-                if o.numel():
-                    d = descs[i]
-                    d.allocated = d.aligned = o.data_ptr()
-                    i += 1
-            self._fn(self._packed)
+            for d, o in zip(self._out_descs, outs if self._no_empty else [o for o in outs if o.numel()]):
+                d.allocated = d.aligned = o.data_ptr()
+            self._fn(self._packed_addr)
         if self._all_contiguous:
             return outs
         return [o if m.contiguous else torch.empty_strided(m.shape, m.strides, dtype=m.dtype).copy_(o)
