@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Optional
 
-from . import config
+from . import config, schedules
 from .cache import KernelCache
 from .errors import CompileFailure
 from .worker import _HEADER, send
@@ -148,11 +148,20 @@ def compile_kernel(key, func, args, kwargs, tensors):
     """Compile in the worker, then JIT the qualified LLVM IR here. Raises CompileFailure; caches either way."""
     from .kernel import Kernel
     cfg = config.get()
-    request = {"op": str(func), "args": args, "kwargs": kwargs, "inject": cfg.inject.get(str(func), "")}
+    request = {"op": str(func), "args": args, "kwargs": kwargs, "inject": cfg.inject.get(str(func), ""),
+               "schedules": cfg.schedules}
     t0 = time.perf_counter()
     try:
         try:
-            reply = _worker.compile(request)
+            try:
+                reply = _worker.compile(request)
+            except CompileFailure as e:
+                if e.category not in ("timeout", "crash") or not request["schedules"] \
+                        or not schedules.may_apply(request["op"]):
+                    raise
+                # A schedule may be what hung or crashed: once more with plain loops only.
+                log.info("compile %s: %s; retrying without schedules", func, e)
+                reply = _worker.compile(dict(request, schedules=False))
         except CompileFailure:
             raise
         except Exception as e:   # e.g. an argument that cannot be sent to the worker
@@ -169,6 +178,7 @@ def compile_kernel(key, func, args, kwargs, tensors):
     compile_seconds.append(time.perf_counter() - t0)
     log.info("compiled %s %s -> %s in %.1f ms (%s)", func, kernel.inputs, kernel.outputs,
              1e3 * (time.perf_counter() - t0),
-             ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in reply.get("times", {}).items()))
+             ", ".join(f"{k} {1e3 * v:.1f} ms" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in reply.get("times", {}).items()))
     return kernel
 

@@ -14,6 +14,7 @@ class Config:
     compile_timeout_s: float = 60.0   # one compile + qualifying run in the worker
     worker_start_timeout_s: float = 180.0
     report_at_exit: bool = False      # TORCH_MLIR_EAGER_REPORT=1
+    schedules: bool = True            # per-op-family kernel schedules (schedules.py); 0 = plain loops only
     # Test hook: {"aten.op.overload": "abort" | "hang" | "wrong"} makes the worker misbehave on that op.
     inject: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -30,6 +31,8 @@ def _from_env() -> Config:
     if "TORCH_MLIR_EAGER_COMPILE_TIMEOUT" in env:
         kw["compile_timeout_s"] = float(env["TORCH_MLIR_EAGER_COMPILE_TIMEOUT"])
     kw["report_at_exit"] = _env_bool("TORCH_MLIR_EAGER_REPORT")
+    if "TORCH_MLIR_EAGER_SCHEDULES" in env:
+        kw["schedules"] = _env_bool("TORCH_MLIR_EAGER_SCHEDULES")
     return Config(**kw)
 
 

@@ -73,12 +73,31 @@ def _signature_check(module, inputs, outputs) -> None:
                 raise CompileFailure("meta", f"{kind} type {t} != native {want}")
 
 
-def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, inject: str, times: dict):
+def _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject: str):
+    """JIT the kernel, run it on the call's inputs and compare with native PyTorch; raise if anything is off."""
     import torch
-    from . import importer, lowering
     from .errors import CompileFailure
-    from .kernel import Kernel, MLIR_ELEMENT, TensorMeta
+    from .kernel import Kernel
+    kernel = Kernel(llvm_ir, in_metas, out_metas)
+    try:
+        outs = kernel([t.contiguous() for t in tensors])
+    except Exception as e:
+        raise CompileFailure("runtime", f"{type(e).__name__}: {e}") from None
+    if inject == "wrong":
+        outs = [o + 1 if o.dtype != torch.bool else ~o for o in outs]
+    for got, want in zip(outs, natives):
+        try:
+            torch.testing.assert_close(got, want, equal_nan=True, **tolerance(func, want.dtype))
+        except AssertionError as e:
+            raise CompileFailure("mismatch", " ".join(str(e).split("\n")[:3])) from None
 
+
+def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: dict, times: dict):
+    from . import importer, lowering, schedules
+    from .errors import CompileFailure
+    from .kernel import MLIR_ELEMENT, TensorMeta
+
+    inject = req.get("inject", "")
     t0 = time.perf_counter()
     build = importer.decomposed_graph if decompose else importer.one_node_graph
     graph, fakes = build(func, args, kwargs, tensors)
@@ -92,23 +111,24 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, inject:
     out_metas = [TensorMeta.of(n) for n in natives]
     _signature_check(module, in_metas, [m for m in out_metas if not m.empty])
     t2 = time.perf_counter()
-    lowering.to_llvm(module)
-    llvm_ir = str(module)
-    t3 = time.perf_counter()
-    kernel = Kernel(llvm_ir, in_metas, out_metas)
-    t4 = time.perf_counter()
-    try:
-        outs = kernel([t.contiguous() for t in tensors])
-    except Exception as e:
-        raise CompileFailure("runtime", f"{type(e).__name__}: {e}") from None
-    if inject == "wrong":
-        outs = [o + 1 if o.dtype != torch.bool else ~o for o in outs]
-    for got, want in zip(outs, natives):
+    # A schedule first (if one fits and schedules are on); any failure of it falls back to the plain loops.
+    sched = schedules.select(module) if req.get("schedules", True) else None
+    if sched is not None:
         try:
-            torch.testing.assert_close(got, want, equal_nan=True, **tolerance(func, want.dtype))
-        except AssertionError as e:
-            raise CompileFailure("mismatch", " ".join(str(e).split("\n")[:3])) from None
-    times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_s=t4 - t3)
+            llvm_ir = str(schedules.to_llvm(module, sched))
+            t3 = time.perf_counter()
+            _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject)
+            times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3,
+                         schedule=sched.family)
+            return llvm_ir, in_metas, out_metas
+        except Exception as e:      # whatever went wrong with the schedule, plain loops come next
+            times["schedule_failed"] = f"{sched.family}: {type(e).__name__}: {e}"
+    t2 = time.perf_counter()
+    llvm_ir = str(lowering.to_llvm(module))
+    t3 = time.perf_counter()
+    _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject)
+    times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3,
+                 schedule="plain")
     return llvm_ir, in_metas, out_metas
 
 
@@ -138,7 +158,7 @@ def compile_request(ctx, req: dict) -> dict:
     for decompose in attempts:
         times: dict = {}
         try:
-            llvm_ir, ins, outs = _attempt(ctx, func, args, kwargs, tensors, natives, decompose, inject, times)
+            llvm_ir, ins, outs = _attempt(ctx, func, args, kwargs, tensors, natives, decompose, req, times)
             return {"ok": (llvm_ir, ins, outs), "times": times, "decomposed": decompose}
         except CompileFailure as e:
             failure = e

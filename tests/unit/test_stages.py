@@ -42,7 +42,7 @@ def test_lowering_to_linalg_and_llvm(ctx):
     m = _module(ctx, aten.add.Tensor, (torch.randn(2, 3), torch.randn(3)))
     lowering.to_linalg(m)
     assert "linalg.generic" in str(m)
-    lowering.to_llvm(m)
+    m = lowering.to_llvm(m)
     assert "llvm.func @main" in str(m) and "_mlir_ciface_main" in str(m)
 
 
@@ -58,7 +58,7 @@ def test_kernel_runs_in_place_on_torch_memory(ctx):
     a, b = torch.randn(3, 4), torch.randn(4, 5)
     m = _module(ctx, aten.mm.default, (a, b))
     lowering.to_linalg(m)
-    lowering.to_llvm(m)
+    m = lowering.to_llvm(m)
     k = Kernel(str(m), [TensorMeta.of(a), TensorMeta.of(b)], [TensorMeta((3, 5), torch.float32)])
     (out,) = k([a, b])
     torch.testing.assert_close(out, torch.mm(a, b), rtol=1e-4, atol=1e-5)

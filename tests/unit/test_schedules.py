@@ -1,0 +1,59 @@
+"""schedules: which family a Linalg module gets, and that a schedule failure falls back to plain loops."""
+import pytest
+import torch
+
+torch_mlir = pytest.importorskip("torch_mlir")
+from torch_mlir import ir  # noqa: E402
+from torch_mlir.dialects import torch as torch_d  # noqa: E402
+
+from torch_mlir_eager import importer, lowering, schedules, worker  # noqa: E402
+
+aten = torch.ops.aten
+
+
+@pytest.fixture
+def ctx():
+    c = ir.Context()
+    torch_d.register_dialect(c)
+    return c
+
+
+def _conv_args(c=8, f=8, h=10, k=3, stride=1, pad=1):
+    x, w, b = torch.randn(1, c, h, h), torch.randn(f, c, k, k) * 0.1, torch.randn(f)
+    return (x, w, b, [stride, stride], [pad, pad], [1, 1], False, [0, 0], 1)
+
+
+def _linalg(ctx, func, args):
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    g, _ = importer.one_node_graph(func, args, {}, tensors)
+    m = importer.import_graph(ctx, g)
+    lowering.to_linalg(m)
+    return m
+
+
+def test_select_by_family(ctx):
+    assert schedules.select(_linalg(ctx, aten.convolution.default, _conv_args())).family == "conv2d-im2col"
+    assert schedules.select(_linalg(ctx, aten.add.Tensor, (torch.randn(3), torch.randn(3)))) is None
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(h=7, f=12), dict(k=1, stride=2, pad=0), dict(c=3, k=7, stride=2, pad=3)],
+                         ids=["3x3", "odd-spatial", "1x1-s2", "7x7-s2"])
+def test_scheduled_conv_qualifies(ctx, cfg):
+    args = _conv_args(**cfg)
+    r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": args, "kwargs": {}})
+    assert "ok" in r, r
+    assert r["times"]["schedule"] == "conv2d-im2col"
+
+
+def test_schedules_off_is_plain(ctx):
+    r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(), "kwargs": {},
+                                     "schedules": False})
+    assert r["times"]["schedule"] == "plain"
+
+
+def test_broken_schedule_falls_back_to_plain(ctx, monkeypatch):
+    monkeypatch.setattr(schedules, "CONV2D_IM2COL", schedules.CONV2D_IM2COL.replace("convert_conv2d_to_img2col",
+                                                                                    "no_such_transform"))
+    r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(), "kwargs": {}})
+    assert "ok" in r and r["times"]["schedule"] == "plain"
+    assert r["times"]["schedule_failed"].startswith("conv2d-im2col")

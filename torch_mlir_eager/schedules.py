@@ -1,0 +1,161 @@
+"""Per-op-family kernel schedules (transform-dialect scripts) and the pipelines that apply them (worker side).
+
+`select(module)` picks a schedule for a Linalg-on-tensors module, or None for the plain loops of `lowering.py`.
+A schedule that fails to apply falls back to the plain pipeline; one that hangs or crashes is caught by the worker's
+time limit and the parent retries the call without schedules (compiler.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from .errors import CompileFailure
+from .lowering import mark_inputs_readonly, pipeline_text
+
+# conv2d NCHW/FCHW -> im2col + a GEMM generic; the GEMM is tiled to an MT x NT register tile with a k step of 1,
+# vectorized, and its contraction lowered to outer products (FMAs). Only the tiled GEMM is vectorized: vectorizing
+# the untiled im2col / pad / bias broadcast would build whole-tensor vectors (a known memory blow-up).
+CONV2D_IM2COL = """
+transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
+  %conv = transform.structured.match ops{{["linalg.conv_2d_nchw_fchw"]}} in %root
+    : (!transform.any_op) -> !transform.any_op
+  %img2col, %res = transform.structured.convert_conv2d_to_img2col %conv
+    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
+  %gemm = transform.get_producer_of_operand %res[0] : (!transform.any_op) -> !transform.any_op
+  %g, %l:3 = transform.structured.tile_using_for %gemm tile_sizes [1, {mt}, {nt}, 0]
+    : (!transform.any_op) -> (!transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op)
+  %g2, %lk = transform.structured.tile_using_for %g tile_sizes [0, 0, 0, 1]
+    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
+  transform.structured.vectorize %g2 : !transform.any_op
+  %f = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
+  transform.apply_patterns to %f {{
+    transform.apply_patterns.canonicalization
+  }} : !transform.any_op
+  transform.yield
+}}
+transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}}) {{
+  %f0 = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
+  %f = transform.structured.hoist_redundant_vector_transfers %f0 : (!transform.any_op) -> !transform.any_op
+  transform.yield
+}}
+"""
+
+# Stages after @tile (each a pass pipeline); @lower runs between the second and the third.
+AFTER_TILE = [
+    "canonicalize", "cse", "loop-invariant-subset-hoisting", "canonicalize",
+]
+BUFFERIZE = [
+    "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map}",
+    "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true}",
+    "canonicalize", "cse",
+    "ownership-based-buffer-deallocation", "canonicalize", "buffer-deallocation-simplification",
+    "bufferization-lower-deallocations", "canonicalize",
+]
+VECTOR_TO_LLVM = [
+    "canonicalize",
+    "func.func(refback-munge-memref-copy)",       # before linalg-to-loops: no memrefCopy calls
+    "func.func(convert-linalg-to-loops)",
+    "canonicalize", "cse",
+    "func.func(lower-vector-mask)",
+    "convert-vector-to-scf{full-unroll=true target-rank=1}",
+    "func.func(lower-affine)",
+    "convert-scf-to-cf",
+    "expand-strided-metadata",
+    "fold-memref-alias-ops",
+    "lower-affine",
+    "canonicalize", "cse",
+    # outerproduct: 10x faster than `dot` for this tiling (shared notes, mlir-cpu-codegen.md).
+    "convert-vector-to-llvm{vector-contract-lowering=outerproduct reassociate-fp-reductions=true}",
+    "finalize-memref-to-llvm",
+    "func.func(convert-arith-to-llvm)",
+    "convert-math-to-llvm",
+    "convert-index-to-llvm",
+    "convert-func-to-llvm",
+    "convert-cf-to-llvm",
+    "convert-ub-to-llvm",
+    "reconcile-unrealized-casts",
+]
+
+
+# The aten ops whose modules a schedule may serve: the parent retries these without schedules after a crash or
+# time-out (for other ops a retry would only repeat the failure).
+FAMILY_OPS = frozenset({"aten.convolution.default"})
+
+
+def may_apply(op_name: str) -> bool:
+    return op_name in FAMILY_OPS
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    family: str
+    script: str
+
+
+def _tile_n(n: int) -> int:
+    """The GEMM's vector width: 16 (two AVX2 registers) or 8 when they divide N, else the largest divisor <= 16."""
+    return next(d for d in (16, 8) + tuple(range(15, 0, -1)) if n % d == 0)
+
+
+def select(module) -> Optional[Schedule]:
+    """The schedule for this Linalg module, or None (plain loops)."""
+    from torch_mlir import ir
+    func = next((op for op in module.body.operations if op.operation.name == "func.func"), None)
+    if func is None:
+        return None
+    convs = []
+
+    def visit(op):
+        name = op.operation.name
+        if name.startswith("linalg.conv") or name.startswith("linalg.matmul") or name.startswith("linalg.batch"):
+            convs.append(op.operation)
+        return ir.WalkResult.ADVANCE
+    func.operation.walk(visit)
+    if len(convs) != 1 or convs[0].name != "linalg.conv_2d_nchw_fchw":
+        return None
+    out_type = convs[0].results[0].type
+    shape = ir.RankedTensorType(out_type).shape
+    if any(d < 0 for d in shape) or shape[0] != 1:
+        return None
+    f, n = shape[1], shape[2] * shape[3]
+    mt = 4 if f % 4 == 0 else 1
+    return Schedule("conv2d-im2col", CONV2D_IM2COL.format(mt=mt, nt=_tile_n(n)))
+
+
+def _run(module, passes, what: str) -> None:
+    from torch_mlir import passmanager
+    from .lowering import diagnostic
+    with module.context:
+        try:
+            passmanager.PassManager.parse(pipeline_text(passes)).run(module.operation)
+        except Exception as e:
+            raise CompileFailure("llvm", f"schedule {what}: {diagnostic(e)}") from None
+
+
+def to_llvm(module, schedule: Schedule):
+    """A new LLVM-dialect module: `module` (Linalg on tensors, left unchanged) with `schedule` applied."""
+    from torch_mlir import ir
+    ctx = module.context
+    text = str(module)
+    head, body = text.split("{", 1)
+    if not head.strip() == "module":
+        raise CompileFailure("llvm", "schedule: module has attributes")
+    src = "module attributes {transform.with_named_sequence} {" + body.rsplit("}", 1)[0] + schedule.script + "}"
+    with ctx:
+        try:
+            m = ir.Module.parse(src)
+        except Exception as e:
+            raise CompileFailure("llvm", f"schedule parse: {e}") from None
+    mark_inputs_readonly(m)
+    _run(m, ["transform-interpreter{entry-point=tile}"], "tile")
+    _run(m, AFTER_TILE + BUFFERIZE, "bufferize")
+    _run(m, ["transform-interpreter{entry-point=lower}"], "lower")
+    with ctx:
+        for op in list(m.body.operations):
+            if op.operation.name.startswith("transform."):
+                op.operation.erase()
+        for op in m.body.operations:
+            if op.operation.name == "func.func":
+                op.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
+    _run(m, VECTOR_TO_LLVM, "llvm")
+    return m
