@@ -57,3 +57,27 @@ def test_broken_schedule_falls_back_to_plain(ctx, monkeypatch):
     r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(), "kwargs": {}})
     assert "ok" in r and r["times"]["schedule"] == "plain"
     assert r["times"]["schedule_failed"].startswith("conv2d-im2col")
+
+
+@pytest.mark.parametrize("a,b", [((128, 256), (256, 64)), ((1, 512), (512, 1000)), ((4, 32, 64), (4, 64, 32))],
+                         ids=["mm", "mm-row", "bmm"])
+def test_scheduled_matmul_qualifies(ctx, a, b):
+    op = "aten.bmm.default" if len(a) == 3 else "aten.mm.default"
+    r = worker.compile_request(ctx, {"op": op, "args": (torch.randn(*a), torch.randn(*b)), "kwargs": {}})
+    assert "ok" in r, r
+    assert r["times"]["schedule"] == "matmul"
+
+
+def test_addmm_with_affine_map_aliases_gets_its_schedule(ctx):
+    # addmm's Linalg module opens with #map aliases: the schedule must still be spliced in.
+    args = (torch.randn(64), torch.randn(16, 32), torch.randn(64, 32).t())
+    r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}})
+    assert r["times"]["schedule"] == "matmul" and "schedule_failed" not in r["times"]
+
+
+def test_contraction_tolerance_scales_with_output_not_with_errors():
+    # Reordered sums of K=1024 N(0,1) products differ by ~1e-5; a wrong value by O(RMS) still fails.
+    want = torch.randn(64, 64) * 32
+    tol = worker.tolerance(aten.mm.default, want)
+    assert tol["rtol"] == 1e-4 and 1e-5 < tol["atol"] < 1e-3
+    assert worker.tolerance(aten.add.Tensor, want)["atol"] == 1e-5
