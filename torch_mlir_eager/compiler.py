@@ -130,6 +130,15 @@ _cache_lock = threading.Lock()
 atexit.register(_worker.close)
 
 
+def kernel_threads() -> int:
+    """Threads a scheduled kernel may use: torch's own setting (same thread count as native), when an OpenMP
+    runtime is installed; else 1."""
+    import torch
+    from .kernel import openmp_runtime
+    n = config.get().threads or torch.get_num_threads()
+    return n if n > 1 and openmp_runtime() else 1
+
+
 def cache() -> KernelCache:
     """The process-wide kernel cache, sized from the config in force at its first use."""
     global _cache
@@ -149,7 +158,7 @@ def compile_kernel(key, func, args, kwargs, tensors):
     from .kernel import Kernel
     cfg = config.get()
     request = {"op": str(func), "args": args, "kwargs": kwargs, "inject": cfg.inject.get(str(func), ""),
-               "schedules": cfg.schedules}
+               "schedules": cfg.schedules, "threads": kernel_threads()}
     t0 = time.perf_counter()
     try:
         try:

@@ -15,6 +15,7 @@ class Config:
     worker_start_timeout_s: float = 180.0
     report_at_exit: bool = False      # TORCH_MLIR_EAGER_REPORT=1
     schedules: bool = True            # per-op-family kernel schedules (schedules.py); 0 = plain loops only
+    threads: int = 0                  # threads per scheduled kernel; 0 = torch.get_num_threads()
     # Test hook: {"aten.op.overload": "abort" | "hang" | "wrong"} makes the worker misbehave on that op.
     inject: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -31,6 +32,8 @@ def _from_env() -> Config:
     if "TORCH_MLIR_EAGER_COMPILE_TIMEOUT" in env:
         kw["compile_timeout_s"] = float(env["TORCH_MLIR_EAGER_COMPILE_TIMEOUT"])
     kw["report_at_exit"] = _env_bool("TORCH_MLIR_EAGER_REPORT")
+    if "TORCH_MLIR_EAGER_THREADS" in env:
+        kw["threads"] = int(env["TORCH_MLIR_EAGER_THREADS"])
     if "TORCH_MLIR_EAGER_SCHEDULES" in env:
         kw["schedules"] = _env_bool("TORCH_MLIR_EAGER_SCHEDULES")
     return Config(**kw)

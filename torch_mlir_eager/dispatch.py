@@ -16,7 +16,7 @@ recorder = Recorder()
 
 class OpEntry:
     """Everything the hot path needs about one OpOverload, resolved once (OpOverload hashing is slow Python)."""
-    __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing")
+    __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place")
 
     def __init__(self, func):
         p = spec.plan(func)
@@ -28,6 +28,9 @@ class OpEntry:
         self.returns_list = len(r) == 1 and str(r[0].type).startswith(("Tensor[]", "List[Tensor]"))
         # Wrapper outputs need PyTorch's aliasing fix-up only where the schema says a result aliases an input.
         self.aliasing = any(a.alias_info is not None for a in r) or bool(p.inplace or p.out_names)
+        # A pointwise in-place op reads and writes each element at the same index: its kernel may write straight
+        # into a contiguous destination (no temporary, no copy back).
+        self.write_in_place = p.inplace and torch.Tag.pointwise in func.tags
 
 
 _entries: dict = {}
@@ -74,16 +77,19 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         for d, m in zip(dests, kernel.outputs):
             if not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
                 raise CompileFailure("unsupported", "destination needs a resize or a cast")
+    direct = e.write_in_place and dests[0].is_contiguous() and kernel._all_contiguous and len(kernel.outputs) == 1
     try:
-        outs = kernel([t.contiguous() for t in tensors])    # contiguous() returns the tensor itself when it is
+        # contiguous() returns the tensor itself when it is
+        outs = kernel([t.contiguous() for t in tensors], dests if direct else None)
     except Exception as e:
         failure = CompileFailure("runtime", f"{type(e).__name__}: {e}")
         cache.put_failure(key, failure)
         raise failure from None
     recorder.mlir(p.name, hit)
     if dests:
-        for d, o in zip(dests, outs):
-            d.copy_(o)
+        if not direct:
+            for d, o in zip(dests, outs):
+                d.copy_(o)
         if p.inplace:
             return args[0]
         return dests[0] if len(dests) == 1 else tuple(dests)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import threading
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -56,6 +56,31 @@ class TensorMeta:
 _jit_lock = threading.Lock()
 
 
+def openmp_runtime():
+    """The LLVM-ABI OpenMP runtime (`__kmpc_*`) that threaded kernels call: PyPI's intel-openmp puts it in the
+    environment's lib/. None when absent (threaded schedules are then not used)."""
+    import os
+    import sys
+    for base in (sys.prefix, sys.base_prefix):
+        path = os.path.join(base, "lib", "libiomp5.so")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _shared_libs(llvm_ir: str) -> list:
+    # OpenMP-dialect ops become __kmpc_* calls only when the module is translated to LLVM IR.
+    if "omp.parallel" in llvm_ir or "__kmpc_" in llvm_ir:
+        lib = openmp_runtime()
+        if lib is None:
+            raise CompileFailure("jit", "kernel needs an OpenMP runtime (pip install intel-openmp)")
+        import os
+        # Idle OpenMP workers sleep at once instead of spinning for 200 ms against torch's own thread pool.
+        os.environ.setdefault("KMP_BLOCKTIME", "0")
+        return [lib]
+    return []
+
+
 def _engine(llvm_ir: str):
     from torch_mlir import ir
     from torch_mlir.execution_engine import ExecutionEngine
@@ -67,7 +92,7 @@ def _engine(llvm_ir: str):
             except Exception as e:
                 raise CompileFailure("jit", f"parse: {e}") from None
             try:
-                ee = ExecutionEngine(module, opt_level=3)
+                ee = ExecutionEngine(module, opt_level=3, shared_libs=_shared_libs(llvm_ir))
                 addr = ee.raw_lookup("_mlir_ciface_main")
             except Exception as e:
                 raise CompileFailure("jit", str(e)) from None
@@ -101,9 +126,12 @@ class Kernel:
         self._out_alloc = [(m.shape, m.dtype) for m in self.outputs]
         self._all_contiguous = all(m.contiguous for m in self.outputs)
 
-    def __call__(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """Run on contiguous inputs of the compiled shapes; returns outputs with the native strides."""
-        outs = [torch.empty(shape, dtype=dtype) for shape, dtype in self._out_alloc]
+    def __call__(self, tensors: Sequence[torch.Tensor], outs: Optional[List[torch.Tensor]] = None
+                 ) -> List[torch.Tensor]:
+        """Run on contiguous inputs of the compiled shapes; returns outputs with the native strides.
+        `outs`: contiguous destinations of the output shapes and dtypes to write into instead of new tensors."""
+        if outs is None:
+            outs = [torch.empty(shape, dtype=dtype) for shape, dtype in self._out_alloc]
         with self._lock:
             for d, t in zip(self._in_descs, tensors):
                 d.allocated = d.aligned = t.data_ptr()

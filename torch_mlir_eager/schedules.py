@@ -21,7 +21,8 @@ transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) 
     : (!transform.any_op) -> !transform.any_op
   %img2col, %res = transform.structured.convert_conv2d_to_img2col %conv
     : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
-  %gemm = transform.get_producer_of_operand %res[0] : (!transform.any_op) -> !transform.any_op
+  %gemm0 = transform.get_producer_of_operand %res[0] : (!transform.any_op) -> !transform.any_op
+  {forall}
   %g, %l:3 = transform.structured.tile_using_for %gemm tile_sizes [1, {mt}, {nt}, 0]
     : (!transform.any_op) -> (!transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op)
   %g2, %lk = transform.structured.tile_using_for %g tile_sizes [0, 0, 0, 1]
@@ -44,7 +45,8 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
 # (39.6 GFLOP/s at 256^3 on one core here, faster than MKL; shared notes). The fill stays a plain loop.
 MATMUL = """
 transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
-  %mm = transform.structured.match ops{{["{op}"]}} in %root : (!transform.any_op) -> !transform.any_op
+  %mm0 = transform.structured.match ops{{["{op}"]}} in %root : (!transform.any_op) -> !transform.any_op
+  {forall}
   %t, %l:{nloops} = transform.structured.tile_using_for %mm tile_sizes [{tiles}, 0]
     : (!transform.any_op) -> (!transform.any_op{handles})
   %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
@@ -62,6 +64,19 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
   transform.yield
 }}
 """
+
+# Threads: the op is first split into `threads` slices (scf.forall -> OpenMP, run by intel-openmp's libiomp5);
+# each slice is then register-tiled as above.
+FORALL = ("%{out}, %forall = transform.structured.tile_using_forall %{src} num_threads [{counts}]"
+          " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)")
+NO_FORALL = "%{out} = transform.merge_handles %{src} : !transform.any_op"
+
+
+def _forall(src: str, out: str, counts) -> str:
+    if max(counts) <= 1:
+        return NO_FORALL.format(out=out, src=src)
+    return FORALL.format(out=out, src=src, counts=", ".join(map(str, counts)))
+
 
 # Stages after @tile (each a pass pipeline); @lower runs between the second and the third.
 AFTER_TILE = [
@@ -82,6 +97,7 @@ VECTOR_TO_LLVM = [
     "func.func(lower-vector-mask)",
     "convert-vector-to-scf{full-unroll=true target-rank=1}",
     "func.func(lower-affine)",
+    "{threads}",
     "convert-scf-to-cf",
     "expand-strided-metadata",
     "fold-memref-alias-ops",
@@ -93,11 +109,15 @@ VECTOR_TO_LLVM = [
     "func.func(convert-arith-to-llvm)",
     "convert-math-to-llvm",
     "convert-index-to-llvm",
+    "convert-openmp-to-llvm",
     "convert-func-to-llvm",
     "convert-cf-to-llvm",
     "convert-ub-to-llvm",
     "reconcile-unrealized-casts",
 ]
+# The "{threads}" slot: forall loops become OpenMP parallel loops (canonicalize right after: alloca_scope blocks).
+THREADED = "scf-forall-to-parallel,convert-scf-to-openmp{{num-threads={n}}},canonicalize"
+SERIAL = "scf-forall-to-for"
 
 
 # The aten ops whose modules a schedule may serve: the parent retries these without schedules after a crash or
@@ -114,6 +134,7 @@ def may_apply(op_name: str) -> bool:
 class Schedule:
     family: str
     script: str
+    threads: int = 1
 
 
 def _tile_n(n: int) -> int:
@@ -121,8 +142,8 @@ def _tile_n(n: int) -> int:
     return next(d for d in (16, 8) + tuple(range(15, 0, -1)) if n % d == 0)
 
 
-def select(module) -> Optional[Schedule]:
-    """The schedule for this Linalg module, or None (plain loops)."""
+def select(module, threads: int = 1) -> Optional[Schedule]:
+    """The schedule for this Linalg module, or None (plain loops); `threads` > 1 splits the work that many ways."""
     from torch_mlir import ir
     func = next((op for op in module.body.operations if op.operation.name == "func.func"), None)
     if func is None:
@@ -143,22 +164,33 @@ def select(module) -> Optional[Schedule]:
         return None
     if op.name == "linalg.conv_2d_nchw_fchw" and shape[0] == 1:
         f, n = shape[1], shape[2] * shape[3]
+        t = threads if f % threads == 0 else 1
         nt = _tile_n(n)
         # Rows of the register tile (output channels): measured on ResNet18's shapes, 8 rows beat 4 everywhere
         # and 16 rows win when the vector width is narrow (7x7 / 14x14 outputs); 12 fails to vectorize.
-        mt = next(m for m in ((16, 8, 4, 1) if nt <= 8 else (8, 4, 1)) if f % m == 0)
-        return Schedule("conv2d-im2col", CONV2D_IM2COL.format(mt=mt, nt=nt))
+        mt = next(m for m in ((16, 8, 4, 1) if nt <= 8 else (8, 4, 1)) if (f // t) % m == 0)
+        return Schedule("conv2d-im2col", CONV2D_IM2COL.format(
+            mt=mt, nt=nt, forall=_forall("gemm0", "gemm", [0, t, 0, 0])), t)
     if op.name in ("linalg.matmul", "linalg.batch_matmul") and len(op.operands) == 3:
-        m, n = shape[-2], shape[-1]
-        nt = _tile_n(n)
-        mt = next(x for x in (4, 2, 1) if m % x == 0)     # 4 x 16: the tile measured best in the notes
         batch = op.name == "linalg.batch_matmul"
+        m, n = shape[-2], shape[-1]
+        # Split the batch, else the rows, else the columns across threads, where the split is even.
+        split = [0] * len(shape)
+        t = 1
+        for dim in ([0] if batch else []) + [len(shape) - 2, len(shape) - 1]:
+            if threads > 1 and shape[dim] % threads == 0 and shape[dim] >= 2 * threads:
+                split[dim], t = threads, threads
+                break
+        m_t = m // t if split[-2] else m
+        n_t = n // t if split[-1] else n
+        nt = _tile_n(n_t)
+        mt = next(x for x in (4, 2, 1) if m_t % x == 0)     # 4 x 16: the tile measured best in the notes
         tiles = ([1] if batch else []) + [mt, nt]
         nloops = len(tiles)
         return Schedule("matmul", MATMUL.format(
             op=op.name, tiles=", ".join(map(str, tiles)), nloops=nloops,
-            handles=", !transform.any_op" * nloops,
-            ktile=", ".join(["0"] * len(tiles) + ["1"])))
+            handles=", !transform.any_op" * nloops, ktile=", ".join(["0"] * len(tiles) + ["1"]),
+            forall=_forall("mm0", "mm", split + [0])), t)
     return None
 
 
@@ -195,5 +227,6 @@ def to_llvm(module, schedule: Schedule):
         for op in m.body.operations:
             if op.operation.name == "func.func":
                 op.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
-    _run(m, VECTOR_TO_LLVM, "llvm")
+    slot = THREADED.format(n=schedule.threads) if schedule.threads > 1 else SERIAL
+    _run(m, [slot if p == "{threads}" else p for p in VECTOR_TO_LLVM], "llvm")
     return m

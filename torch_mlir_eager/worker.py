@@ -128,7 +128,7 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     _signature_check(module, in_metas, [m for m in out_metas if not m.empty])
     t2 = time.perf_counter()
     # A schedule first (if one fits and schedules are on); any failure of it falls back to the plain loops.
-    sched = schedules.select(module) if req.get("schedules", True) else None
+    sched = schedules.select(module, req.get("threads", 1)) if req.get("schedules", True) else None
     if sched is not None:
         try:
             llvm_ir = str(schedules.to_llvm(module, sched))

@@ -251,3 +251,12 @@ def test_kernels_never_write_their_inputs(fn, args):
     for a, b in zip(args, before):
         assert torch.equal(a, b)
     assert tme.report().to_dict()["totals"]["mlir_calls"] == 1
+
+
+def test_pointwise_inplace_writes_destination_directly():
+    x = torch.randn(6, 7)
+    w = tme.TorchMLIRTensor(x.clone())
+    w.add_(w)                                   # reads and writes the same elements
+    w.mul_(2.5).relu_()
+    torch.testing.assert_close(tme.unwrap(w), (x + x).mul(2.5).relu())
+    assert row("aten.add_.Tensor")["mlir_calls"] == 1 and row("aten.relu_.default")["mlir_calls"] == 1

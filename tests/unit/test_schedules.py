@@ -81,3 +81,17 @@ def test_contraction_tolerance_scales_with_output_not_with_errors():
     tol = worker.tolerance(aten.mm.default, want)
     assert tol["rtol"] == 1e-4 and 1e-5 < tol["atol"] < 1e-3
     assert worker.tolerance(aten.add.Tensor, want)["atol"] == 1e-5
+
+
+@pytest.mark.skipif(__import__("torch_mlir_eager.kernel", fromlist=["x"]).openmp_runtime() is None,
+                    reason="no OpenMP runtime (intel-openmp) installed")
+@pytest.mark.parametrize("op,args", [
+    ("aten.convolution.default", _conv_args(c=8, f=16, h=12)),
+    ("aten.mm.default", (torch.randn(64, 48), torch.randn(48, 32))),
+    ("aten.bmm.default", (torch.randn(4, 16, 8), torch.randn(4, 8, 16))),
+], ids=["conv", "mm", "bmm"])
+def test_threaded_schedules_qualify(ctx, op, args):
+    r = worker.compile_request(ctx, {"op": op, "args": args, "kwargs": {}, "threads": 2})
+    assert "ok" in r, r
+    assert r["times"]["schedule"] in ("conv2d-im2col", "matmul")
+    assert "omp.parallel" in r["ok"][0]
