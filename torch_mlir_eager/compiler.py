@@ -179,6 +179,7 @@ def compile_kernel(key, func, args, kwargs, tensors):
             raise CompileFailure(*reply["fail"])
         llvm_ir, ins, outs = reply["ok"]
         kernel = Kernel(llvm_ir, ins, outs)
+        kernel.inplace_safe = reply.get("times", {}).get("inplace_safe", False) is True
     except CompileFailure as e:
         cache().put_failure(key, e)
         log.info("compile %s failed after %.1f ms: %s", func, 1e3 * (time.perf_counter() - t0), e)

@@ -61,6 +61,8 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         if not dests:
             raise _NoTensorInput()
         raise CompileFailure("unsupported", "only the destination is a tensor")
+    if dests and not all(_no_partial_alias(d, tensors) for d in dests if isinstance(d, torch.Tensor)):
+        raise CompileFailure("unsupported", "an input partially overlaps the destination")   # PyTorch decides
     check = e.check
     if check is not None and not check(args, kwargs):
         raise CompileFailure("unsupported", "indices out of range, unchecked, or op known wrong: run natively")
@@ -77,7 +79,7 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         for d, m in zip(dests, kernel.outputs):
             if not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
                 raise CompileFailure("unsupported", "destination needs a resize or a cast")
-    direct = e.write_in_place and dests[0].is_contiguous() and kernel._all_contiguous and len(kernel.outputs) == 1
+    direct = e.write_in_place and kernel.inplace_safe and dests[0].is_contiguous()
     try:
         # contiguous() returns the tensor itself when it is
         outs = kernel([t.contiguous() for t in tensors], dests if direct else None)
@@ -96,6 +98,16 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
     if e.returns_list:
         return outs
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _no_partial_alias(dest, tensors) -> bool:
+    """No input overlaps `dest` except as the very same view (which a pointwise kernel reads where it writes)."""
+    base = dest.untyped_storage().data_ptr()
+    for t in tensors:
+        if t.untyped_storage().data_ptr() == base and (
+                t.data_ptr() != dest.data_ptr() or t.shape != dest.shape or t.stride() != dest.stride()):
+            return False
+    return True
 
 
 class _NoTensorInput(Exception):

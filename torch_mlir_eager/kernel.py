@@ -124,6 +124,7 @@ class Kernel:
         self._out_descs = self._descs[len(self.inputs):]
         self._no_empty = not any(m.empty for m in self.outputs)
         self._out_alloc = [(m.shape, m.dtype) for m in self.outputs]
+        self.inplace_safe = False      # set by the compiler when the worker proved it (worker._single_pointwise)
         self._all_contiguous = all(m.contiguous for m in self.outputs)
 
     def __call__(self, tensors: Sequence[torch.Tensor], outs: Optional[List[torch.Tensor]] = None

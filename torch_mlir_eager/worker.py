@@ -89,6 +89,32 @@ def _signature_check(module, inputs, outputs) -> None:
                 raise CompileFailure("meta", f"{kind} type {t} != native {want}")
 
 
+def _single_pointwise(module) -> bool:
+    """True when the Linalg function is one all-parallel linalg.generic that reads argument 0 through the identity
+    map and returns its result: each output element depends only on the same element of argument 0, so the kernel
+    may write into argument 0's memory (a pointwise in-place op). Anything else may stage results in the output."""
+    from torch_mlir import ir
+    func = next(op for op in module.body.operations if op.operation.name == "func.func")
+    ops = [op.operation for op in func.regions[0].blocks[0].operations]
+    generics = [op for op in ops if op.name == "linalg.generic"]
+    others = [op for op in ops if op.name not in ("linalg.generic", "tensor.empty", "arith.constant", "func.return")]
+    if len(generics) != 1 or others:
+        return False
+    g = generics[0]
+    if any("parallel" not in str(t) for t in g.attributes["iterator_types"]):
+        return False
+    arg0 = func.regions[0].blocks[0].arguments[0]
+    maps = list(g.attributes["indexing_maps"])
+    n_in = len(g.operands) - len(g.results)
+    reads_arg0 = [i for i in range(n_in) if g.operands[i] == arg0]
+    if not reads_arg0 or any(not ir.AffineMapAttr(maps[i]).value.is_permutation or
+                             str(ir.AffineMapAttr(maps[i]).value) != str(ir.AffineMapAttr(maps[-1]).value)
+                             for i in reads_arg0):
+        return False
+    ret = ops[-1]
+    return len(ret.operands) == 1 and ret.operands[0] == g.results[0]
+
+
 def _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject: str):
     """JIT the kernel, run it on the call's inputs and compare with native PyTorch; raise if anything is off."""
     import torch
@@ -126,6 +152,7 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     in_metas = [TensorMeta(t.shape, t.dtype) for t in tensors]
     out_metas = [TensorMeta.of(n) for n in natives]
     _signature_check(module, in_metas, [m for m in out_metas if not m.empty])
+    times["inplace_safe"] = _single_pointwise(module)
     t2 = time.perf_counter()
     # A schedule first (if one fits and schedules are on); any failure of it falls back to the plain loops.
     sched = schedules.select(module, req.get("threads", 1)) if req.get("schedules", True) else None

@@ -260,3 +260,22 @@ def test_pointwise_inplace_writes_destination_directly():
     w.mul_(2.5).relu_()
     torch.testing.assert_close(tme.unwrap(w), (x + x).mul(2.5).relu())
     assert row("aten.add_.Tensor")["mlir_calls"] == 1 and row("aten.relu_.default")["mlir_calls"] == 1
+
+
+def test_multi_op_inplace_kernel_not_written_in_place():
+    # lerp lowers to several Linalg ops that may stage results in the output: it must not alias `self`.
+    a, b, w = torch.randn(5), torch.randn(5), torch.rand(5)
+    x = tme.TorchMLIRTensor(a.clone())
+    x.lerp_(tme.wrap(b), tme.wrap(w))
+    torch.testing.assert_close(tme.unwrap(x), a.clone().lerp_(b, w))
+    assert row("aten.lerp_.Tensor")["mlir_calls"] == 1
+
+
+def test_partial_overlap_raises_like_pytorch():
+    x = torch.arange(6.0)
+    with pytest.raises(RuntimeError) as native:
+        x[1:].add_(x[:-1])
+    w = tme.TorchMLIRTensor(torch.arange(6.0))
+    with pytest.raises(RuntimeError) as ours:
+        w[1:].add_(w[:-1])
+    assert str(ours.value) == str(native.value)
