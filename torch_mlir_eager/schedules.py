@@ -12,42 +12,15 @@ from typing import Optional
 from .errors import CompileFailure
 from .lowering import mark_inputs_readonly, pipeline_text
 
-# conv2d NCHW/FCHW -> im2col + a GEMM generic; the GEMM is tiled to an mt x nt register tile with a k step of 1,
-# vectorized, and its contraction lowered to outer products (FMAs). Only the tiled GEMM is vectorized: vectorizing
-# the untiled im2col / pad / bias broadcast would build whole-tensor vectors (a known memory blow-up).
-CONV2D_IM2COL = """
+# Every schedule: a family-specific head finds the op (%{target}0) and may split it across threads (%{target});
+# the shared tail tiles it to a register tile with a k step of 1, vectorizes only that tile, and lowers the
+# contraction to outer products (FMAs). Vectorizing untiled ops (im2col, pad, fills) would build whole-tensor
+# vectors: a known memory blow-up.
+REGISTER_TILE = """
 transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
-  %conv = transform.structured.match ops{{["linalg.conv_2d_nchw_fchw"]}} in %root
-    : (!transform.any_op) -> !transform.any_op
-  %img2col, %res = transform.structured.convert_conv2d_to_img2col %conv
-    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
-  %gemm0 = transform.get_producer_of_operand %res[0] : (!transform.any_op) -> !transform.any_op
+{head}
   {forall}
-  %g, %l:3 = transform.structured.tile_using_for %gemm tile_sizes [1, {mt}, {nt}, 0]
-    : (!transform.any_op) -> (!transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op)
-  %g2, %lk = transform.structured.tile_using_for %g tile_sizes [0, 0, 0, 1]
-    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
-  transform.structured.vectorize %g2 : !transform.any_op
-  %f = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
-  transform.apply_patterns to %f {{
-    transform.apply_patterns.canonicalization
-  }} : !transform.any_op
-  transform.yield
-}}
-transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}}) {{
-  %f0 = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
-  %f = transform.structured.hoist_redundant_vector_transfers %f0 : (!transform.any_op) -> !transform.any_op
-  transform.yield
-}}
-"""
-
-# matmul / batch_matmul: an mt x nt register tile with a k step of 1, vectorized, contraction lowered to outer products
-# (39.6 GFLOP/s at 256^3 on one core here, faster than MKL; shared notes). The fill stays a plain loop.
-MATMUL = """
-transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
-  %mm0 = transform.structured.match ops{{["{op}"]}} in %root : (!transform.any_op) -> !transform.any_op
-  {forall}
-  %t, %l:{nloops} = transform.structured.tile_using_for %mm tile_sizes [{tiles}, 0]
+  %t, %l:{nloops} = transform.structured.tile_using_for %{target} tile_sizes [{tiles}, 0]
     : (!transform.any_op) -> (!transform.any_op{handles})
   %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
     : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
@@ -64,6 +37,27 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
   transform.yield
 }}
 """
+
+# conv2d NCHW/FCHW -> im2col + a GEMM generic (dims n, f, oh*ow, k), which is what gets register-tiled.
+CONV2D_HEAD = """
+  %conv = transform.structured.match ops{["linalg.conv_2d_nchw_fchw"]} in %root
+    : (!transform.any_op) -> !transform.any_op
+  %img2col, %res = transform.structured.convert_conv2d_to_img2col %conv
+    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
+  %gemm0 = transform.get_producer_of_operand %res[0] : (!transform.any_op) -> !transform.any_op"""
+
+# matmul / batch_matmul: 4 x 16 reached 39.6 GFLOP/s at 256^3 on one core here, faster than MKL (shared notes).
+MATMUL_HEAD = """
+  %mm0 = transform.structured.match ops{{["{op}"]}} in %root : (!transform.any_op) -> !transform.any_op"""
+
+
+def _script(head: str, target: str, tiles: list, split: list) -> str:
+    """A register-tile schedule: `tiles` for the op's parallel dims (k, the last dim, is stepped by 1)."""
+    n = len(tiles)
+    return REGISTER_TILE.format(head=head, target=target, forall=_forall(f"{target}0", target, split + [0]),
+                                tiles=", ".join(map(str, tiles)), nloops=n, handles=", !transform.any_op" * n,
+                                ktile=", ".join(["0"] * n + ["1"]))
+
 
 # Threads: the op is first split into `threads` slices (scf.forall -> OpenMP, run by intel-openmp's libiomp5);
 # each slice is then register-tiled as above.
@@ -169,8 +163,7 @@ def select(module, threads: int = 1) -> Optional[Schedule]:
         # Rows of the register tile (output channels): measured on ResNet18's shapes, 8 rows beat 4 everywhere
         # and 16 rows win when the vector width is narrow (7x7 / 14x14 outputs); 12 fails to vectorize.
         mt = next(m for m in ((16, 8, 4, 1) if nt <= 8 else (8, 4, 1)) if (f // t) % m == 0)
-        return Schedule("conv2d-im2col", CONV2D_IM2COL.format(
-            mt=mt, nt=nt, forall=_forall("gemm0", "gemm", [0, t, 0, 0])), t)
+        return Schedule("conv2d-im2col", _script(CONV2D_HEAD, "gemm", [1, mt, nt], [0, t, 0]), t)
     if op.name in ("linalg.matmul", "linalg.batch_matmul") and len(op.operands) == 3:
         batch = op.name == "linalg.batch_matmul"
         m, n = shape[-2], shape[-1]
@@ -186,11 +179,7 @@ def select(module, threads: int = 1) -> Optional[Schedule]:
         nt = _tile_n(n_t)
         mt = next(x for x in (4, 2, 1) if m_t % x == 0)     # 4 x 16: the tile measured best in the notes
         tiles = ([1] if batch else []) + [mt, nt]
-        nloops = len(tiles)
-        return Schedule("matmul", MATMUL.format(
-            op=op.name, tiles=", ".join(map(str, tiles)), nloops=nloops,
-            handles=", !transform.any_op" * nloops, ktile=", ".join(["0"] * len(tiles) + ["1"]),
-            forall=_forall("mm0", "mm", split + [0])), t)
+        return Schedule("matmul", _script(MATMUL_HEAD.format(op=op.name), "mm", tiles, split), t)
     return None
 
 

@@ -5,6 +5,7 @@ Run as `python -m torch_mlir_eager.worker`; messages are length-prefixed pickles
 """
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import struct
@@ -218,7 +219,7 @@ def main() -> None:
     proto_out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    import torch  # noqa: F401  (paid once, before "ready")
+    importlib.import_module("torch")     # paid once, before "ready"
     from torch_mlir import ir
     from torch_mlir.dialects import torch as torch_d
     from . import importer

@@ -2,20 +2,9 @@
 import pytest
 import torch
 
-torch_mlir = pytest.importorskip("torch_mlir")
-from torch_mlir import ir  # noqa: E402
-from torch_mlir.dialects import torch as torch_d  # noqa: E402
-
-from torch_mlir_eager import importer, lowering, schedules, worker  # noqa: E402
+from torch_mlir_eager import importer, lowering, schedules, worker
 
 aten = torch.ops.aten
-
-
-@pytest.fixture
-def ctx():
-    c = ir.Context()
-    torch_d.register_dialect(c)
-    return c
 
 
 def _conv_args(c=8, f=8, h=10, k=3, stride=1, pad=1):
@@ -52,8 +41,8 @@ def test_schedules_off_is_plain(ctx):
 
 
 def test_broken_schedule_falls_back_to_plain(ctx, monkeypatch):
-    monkeypatch.setattr(schedules, "CONV2D_IM2COL", schedules.CONV2D_IM2COL.replace("convert_conv2d_to_img2col",
-                                                                                    "no_such_transform"))
+    monkeypatch.setattr(schedules, "CONV2D_HEAD", schedules.CONV2D_HEAD.replace("convert_conv2d_to_img2col",
+                                                                                "no_such_transform"))
     r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(), "kwargs": {}})
     assert "ok" in r and r["times"]["schedule"] == "plain"
     assert r["times"]["schedule_failed"].startswith("conv2d-im2col")

@@ -2,22 +2,11 @@
 import pytest
 import torch
 
-torch_mlir = pytest.importorskip("torch_mlir")
-from torch_mlir import ir  # noqa: E402
-from torch_mlir.dialects import torch as torch_d  # noqa: E402
-
-from torch_mlir_eager import importer, lowering, worker  # noqa: E402
-from torch_mlir_eager.errors import CompileFailure  # noqa: E402
-from torch_mlir_eager.kernel import Kernel, TensorMeta  # noqa: E402
+from torch_mlir_eager import importer, lowering, worker
+from torch_mlir_eager.errors import CompileFailure
+from torch_mlir_eager.kernel import Kernel, TensorMeta
 
 aten = torch.ops.aten
-
-
-@pytest.fixture
-def ctx():
-    c = ir.Context()
-    torch_d.register_dialect(c)
-    return c
 
 
 def _module(ctx, func, args):
