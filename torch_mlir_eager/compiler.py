@@ -179,7 +179,7 @@ def compile_kernel(key, func, args, kwargs, tensors):
             raise CompileFailure(*reply["fail"])
         llvm_ir, ins, outs = reply["ok"]
         kernel = Kernel(llvm_ir, ins, outs)
-        kernel.inplace_safe = reply.get("times", {}).get("inplace_safe", False) is True
+        kernel.inplace_safe = reply["info"].get("inplace_safe") is True
     except CompileFailure as e:
         cache().put_failure(key, e)
         log.info("compile %s failed after %.1f ms: %s", func, 1e3 * (time.perf_counter() - t0), e)
@@ -188,7 +188,7 @@ def compile_kernel(key, func, args, kwargs, tensors):
     compile_seconds.append(time.perf_counter() - t0)
     log.info("compiled %s %s -> %s in %.1f ms (%s)", func, kernel.inputs, kernel.outputs,
              1e3 * (time.perf_counter() - t0),
-             ", ".join(f"{k} {1e3 * v:.1f} ms" if isinstance(v, float) else f"{k} {v}"
-                       for k, v in reply.get("times", {}).items()))
+             ", ".join([f"{k} {1e3 * v:.1f} ms" for k, v in reply["times"].items()]
+                       + [f"{k} {v}" for k, v in reply["info"].items()]))
     return kernel
 

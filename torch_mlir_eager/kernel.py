@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import sys
 import threading
 from typing import List, Optional, Sequence
 
@@ -59,8 +61,6 @@ _jit_lock = threading.Lock()
 def openmp_runtime():
     """The LLVM-ABI OpenMP runtime (`__kmpc_*`) that threaded kernels call: PyPI's intel-openmp puts it in the
     environment's lib/. None when absent (threaded schedules are then not used)."""
-    import os
-    import sys
     for base in (sys.prefix, sys.base_prefix):
         path = os.path.join(base, "lib", "libiomp5.so")
         if os.path.exists(path):
@@ -74,7 +74,6 @@ def _shared_libs(llvm_ir: str) -> list:
         lib = openmp_runtime()
         if lib is None:
             raise CompileFailure("jit", "kernel needs an OpenMP runtime (pip install intel-openmp)")
-        import os
         # Idle OpenMP workers sleep at once instead of spinning for 200 ms against torch's own thread pool.
         os.environ.setdefault("KMP_BLOCKTIME", "0")
         return [lib]

@@ -28,12 +28,7 @@ class TorchMLIRTensor(torch.Tensor):
         r = torch.Tensor._make_wrapper_subclass(
             cls, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(),
             dtype=elem.dtype, layout=elem.layout, device=elem.device, requires_grad=rg)
-        # Lazy conjugation/negation bits live on the tensor PyTorch's composite code sees: mirror them, or
-        # a conj view would skip resolve_conj and give wrong numbers.
-        if elem.is_conj():
-            torch._C._set_conj(r, True)
-        if elem.is_neg():
-            torch._C._set_neg(r, True)
+        _mirror_lazy_bits(r, elem)
         r.elem = elem.detach() if elem.requires_grad else elem
         return r
 
@@ -55,14 +50,20 @@ class TorchMLIRTensor(torch.Tensor):
         return out
 
 
+def _mirror_lazy_bits(r: torch.Tensor, elem: torch.Tensor) -> None:
+    """Lazy conjugation/negation bits live on the tensor PyTorch's composite code sees: mirror them on the
+    wrapper, or a conj view would skip resolve_conj and give wrong numbers. Only complex tensors carry them."""
+    if elem.is_complex():
+        torch._C._set_conj(r, elem.is_conj())
+        torch._C._set_neg(r, elem.is_neg())
+
+
 def _from_result(elem: torch.Tensor) -> "TorchMLIRTensor":
     """Wrap an op's plain strided result: no autograd history below dispatch, so no requires_grad to carry."""
     r = torch.Tensor._make_wrapper_subclass(
         TorchMLIRTensor, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(),
         dtype=elem.dtype, device=elem.device)
-    if elem.is_complex():
-        torch._C._set_conj(r, elem.is_conj())
-        torch._C._set_neg(r, elem.is_neg())
+    _mirror_lazy_bits(r, elem)
     r.elem = elem
     return r
 

@@ -135,7 +135,7 @@ def _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject: str):
             raise CompileFailure("mismatch", " ".join(str(e).split("\n")[:3])) from None
 
 
-def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: dict, times: dict):
+def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: dict, times: dict, info: dict):
     from . import importer, lowering, schedules
     from .errors import CompileFailure
     from .kernel import MLIR_ELEMENT, TensorMeta
@@ -153,7 +153,7 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     in_metas = [TensorMeta(t.shape, t.dtype) for t in tensors]
     out_metas = [TensorMeta.of(n) for n in natives]
     _signature_check(module, in_metas, [m for m in out_metas if not m.empty])
-    times["inplace_safe"] = _single_pointwise(module)
+    info["inplace_safe"] = _single_pointwise(module)
     t2 = time.perf_counter()
     # A schedule first (if one fits and schedules are on); any failure of it falls back to the plain loops.
     sched = schedules.select(module, req.get("threads", 1)) if req.get("schedules", True) else None
@@ -162,22 +162,24 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
             llvm_ir = str(schedules.to_llvm(module, sched))
             t3 = time.perf_counter()
             _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject)
-            times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3,
-                         schedule=sched.family)
+            times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3)
+            info["schedule"] = sched.family
             return llvm_ir, in_metas, out_metas
         except Exception as e:      # whatever went wrong with the schedule, plain loops come next
-            times["schedule_failed"] = f"{sched.family}: {type(e).__name__}: {e}"
+            info["schedule_failed"] = f"{sched.family}: {type(e).__name__}: {e}"
     t2 = time.perf_counter()
     llvm_ir = str(lowering.to_llvm(module))
     t3 = time.perf_counter()
     _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject)
-    times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3,
-                 schedule="plain")
+    times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3)
+    info["schedule"] = "plain"
     return llvm_ir, in_metas, out_metas
 
 
 def compile_request(ctx, req: dict) -> dict:
-    """One request -> {"ok": (llvm_ir, in_metas, out_metas), "times": ...} or {"fail": (category, reason)}."""
+    """One request -> {"ok": (llvm_ir, in_metas, out_metas), "times": {stage: s}, "info": {...}} or
+    {"fail": (category, reason)}. info: "schedule" used ("plain" or a family), "schedule_failed" (why a schedule
+    was dropped), "inplace_safe" (the kernel may write into argument 0's memory), "decomposed"."""
     from . import importer
     from .errors import CATEGORIES, CompileFailure
     from .spec import flatten
@@ -201,9 +203,10 @@ def compile_request(ctx, req: dict) -> dict:
     best = None
     for decompose in attempts:
         times: dict = {}
+        info: dict = {"decomposed": decompose}
         try:
-            llvm_ir, ins, outs = _attempt(ctx, func, args, kwargs, tensors, natives, decompose, req, times)
-            return {"ok": (llvm_ir, ins, outs), "times": times, "decomposed": decompose}
+            llvm_ir, ins, outs = _attempt(ctx, func, args, kwargs, tensors, natives, decompose, req, times, info)
+            return {"ok": (llvm_ir, ins, outs), "times": times, "info": info}
         except CompileFailure as e:
             failure = e
         except Exception as e:  # a bug on our side still must not take the user's call down
