@@ -12,9 +12,15 @@ TORCH_TO_LINALG = [
     "torch-backend-to-linalg-on-tensors-backend-pipeline",
 ]
 
+# A step of a pipeline list that is not a pass: `static_scratch` runs there.
+SCRATCH = "{static-scratch}"
+
 # Linalg-on-tensors -> LLVM dialect, plain loops (LLVM O3 vectorizes the simple ones). Destination-passing style:
 # results become trailing out-params the caller allocates.
 LINALG_TO_LLVM = [
+    # Decomposed ops (batch norm, layer norm, gelu...) arrive as chains of elementwise generics: one loop nest
+    # instead of one pass over memory (and one temporary) per step.
+    "func.func(linalg-fuse-elementwise-ops)",
     "func.func(refback-generalize-tensor-pad)",
     "func.func(refback-generalize-tensor-concat)",
     "func.func(tm-tensor-bufferize)",
@@ -24,6 +30,7 @@ LINALG_TO_LLVM = [
     # Without modify-public-functions the public @main keeps returning its result.
     "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true}",
     "canonicalize",
+    SCRATCH,
     # Temporaries (and the result copy the hoisting leaves behind) get freed: no leak per call.
     "ownership-based-buffer-deallocation",
     "canonicalize",
@@ -56,6 +63,48 @@ LINALG_TO_LLVM = [
 ]
 
 
+# Temporaries of at least this many bytes become static buffers of the kernel (see `static_scratch`).
+SCRATCH_MIN_BYTES = 1 << 16
+
+
+def static_scratch(module, min_bytes: int = SCRATCH_MIN_BYTES) -> int:
+    """Replace each large statically shaped `memref.alloc` (a kernel's temporary: im2col columns, padded inputs,
+    decomposed intermediates) by a private global buffer of the module, allocated once when the kernel is loaded.
+    A heap block of megabytes is mmapped and zeroed by the OS on every call (measured: 7 MB of page clearing per
+    64x56x56 conv call). Safe because a kernel never runs concurrently with itself (Kernel holds a lock per kernel)
+    and is not re-entrant. Run after bufferization, before deallocations are inserted (globals are not owned, so
+    none are). Returns how many buffers were replaced."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import memref as memref_d
+    allocs = []
+
+    def visit(op):
+        if op.name == "memref.alloc" and not list(op.operands):
+            allocs.append(op)
+        return ir.WalkResult.ADVANCE
+    module.operation.walk(visit)
+    replaced = 0
+    with module.context, ir.Location.unknown():
+        for op in allocs:
+            t = ir.MemRefType(op.results[0].type)
+            width = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2}.get(
+                str(t.element_type), 1)
+            size = width
+            for d in t.shape:
+                size *= d
+            if size < min_bytes or ir.AffineMapAttr(t.layout).value != ir.AffineMap.get_identity(t.rank):
+                continue
+            name = f"tme_scratch{replaced}"
+            g = ir.Operation.parse(f'memref.global "private" @{name} : {t} = uninitialized {{alignment = 64 : i64}}')
+            ir.InsertionPoint.at_block_begin(module.body).insert(g)
+            with ir.InsertionPoint(op):
+                get = memref_d.GetGlobalOp(t, name)
+            op.results[0].replace_all_uses_with(get.result)
+            op.erase()
+            replaced += 1
+    return replaced
+
+
 def pipeline_text(passes) -> str:
     return "builtin.module(" + ",".join(passes) + ")"
 
@@ -78,7 +127,19 @@ def diagnostic(e: Exception) -> str:
 
 
 def run(module, passes, category: str) -> None:
+    """Run a pipeline list; SCRATCH entries split it and run `static_scratch` in between."""
     from torch_mlir import passmanager
+    if SCRATCH in passes:
+        i = passes.index(SCRATCH)
+        run(module, passes[:i], category)
+        try:
+            static_scratch(module)
+        except Exception as e:
+            raise CompileFailure(category, f"static_scratch: {type(e).__name__}: {e}") from None
+        run(module, passes[i + 1:], category)
+        return
+    if not passes:
+        return
     with module.context:
         try:
             pm = passmanager.PassManager.parse(pipeline_text(passes))
@@ -91,15 +152,39 @@ def to_linalg(module) -> None:
     run(module, TORCH_TO_LINALG, "lowering")
 
 
-def mark_inputs_readonly(module) -> None:
-    """Every function argument `bufferization.writable = false`: kernels never write into their inputs."""
+def mark_inputs_readonly(module) -> list:
+    """Every function argument `bufferization.writable = false`: kernels never write into their inputs.
+    Returns the ranks of @main's inputs (for `noalias_inputs`)."""
+    from torch_mlir import ir
+    ranks = []
+    with module.context:
+        ro = ir.DictAttr.get({"bufferization.writable": ir.BoolAttr.get(False)})
+        for op in module.body.operations:
+            if op.operation.name == "func.func":
+                inputs = op.attributes["function_type"].value.inputs
+                op.attributes["arg_attrs"] = ir.ArrayAttr.get([ro] * len(inputs))
+                if op.attributes["sym_name"].value == "main":
+                    ranks = [ir.ShapedType(t).rank for t in inputs]
+    return ranks
+
+
+def noalias_inputs(module, ranks: list) -> None:
+    """Mark the data pointers of @main's input memrefs `noalias` in the LLVM-dialect module: the promise that no
+    input shares memory with an output, so that LLVM may keep input values in registers across stores (e.g. hoist
+    a per-channel rsqrt out of the pixel loop) and vectorize copies without run-time overlap checks. Not for
+    kernels that may write in place (`worker._single_pointwise`). (func-to-llvm drops `llvm.noalias` on memref
+    arguments, hence here.)"""
     from torch_mlir import ir
     with module.context:
         for op in module.body.operations:
-            if op.operation.name == "func.func":
-                n = len(op.attributes["function_type"].value.inputs)
-                ro = ir.DictAttr.get({"bufferization.writable": ir.BoolAttr.get(False)})
-                op.attributes["arg_attrs"] = ir.ArrayAttr.get([ro] * n)
+            if op.operation.name == "llvm.func" and op.attributes["sym_name"].value == "main":
+                n = len(op.regions[0].blocks[0].arguments)
+                attrs = [ir.DictAttr.get({}) for _ in range(n)]
+                i = 0
+                for r in ranks:      # descriptor fields: allocated ptr, aligned ptr, offset, sizes[r], strides[r]
+                    attrs[i + 1] = ir.DictAttr.get({"llvm.noalias": ir.UnitAttr.get()})
+                    i += 3 + 2 * r
+                op.attributes["arg_attrs"] = ir.ArrayAttr.get(attrs)
 
 
 # TMTensor bufferization leaves `bufferization.to_tensor` ops that One-Shot Analysis refuses; for those modules,
@@ -108,10 +193,11 @@ LINALG_TO_LLVM_COPYING = [p.replace("one-shot-bufferize{", "one-shot-bufferize{c
                           for p in LINALG_TO_LLVM]
 
 
-def to_llvm(module):
-    """The LLVM-dialect module for a Linalg module (which may be consumed): plain loops, DPS, C interface."""
+def to_llvm(module, noalias: bool = False):
+    """The LLVM-dialect module for a Linalg module (which may be consumed): plain loops, DPS, C interface.
+    `noalias`: see `mark_inputs_readonly`."""
     from torch_mlir import ir
-    mark_inputs_readonly(module)
+    ranks = mark_inputs_readonly(module)
     with module.context:
         for op in module.body.operations:
             if op.operation.name == "func.func":
@@ -119,9 +205,10 @@ def to_llvm(module):
     text = str(module)
     try:
         run(module, LINALG_TO_LLVM, "llvm")
-        return module
     except CompileFailure:
         with module.context:
             module = ir.Module.parse(text)
         run(module, LINALG_TO_LLVM_COPYING, "llvm")
-        return module
+    if noalias:
+        noalias_inputs(module, ranks)
+    return module

@@ -7,10 +7,11 @@ time limit and the parent retries the call without schedules (compiler.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 from .errors import CompileFailure
-from .lowering import mark_inputs_readonly, pipeline_text
+from .lowering import SCRATCH, mark_inputs_readonly, noalias_inputs
 
 # Every schedule: a family-specific head finds the op (%{target}0) and may split it across threads (%{target});
 # the shared tail tiles it to a register tile with a k step of 1, vectorizes only that tile, and lowers the
@@ -20,7 +21,8 @@ REGISTER_TILE = """
 transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
 {head}
   {forall}
-  %t, %l:{nloops} = transform.structured.tile_using_for %{target} tile_sizes [{tiles}, 0]
+  {panel}
+  %t, %l:{nloops} = transform.structured.tile_using_for %{target}p tile_sizes [{tiles}, 0]
     : (!transform.any_op) -> (!transform.any_op{handles})
   %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
     : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
@@ -38,25 +40,110 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
 }}
 """
 
-# conv2d NCHW/FCHW -> im2col + a GEMM generic (dims n, f, oh*ow, k), which is what gets register-tiled.
+# conv2d NCHW/FCHW after `conv_to_gemm`: an im2col copy (split across threads by output row) and a GEMM generic
+# (dims n, f, oh*ow, k), which is what gets register-tiled.
 CONV2D_HEAD = """
-  %conv = transform.structured.match ops{["linalg.conv_2d_nchw_fchw"]} in %root
+  %col = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.im2col}} in %root
     : (!transform.any_op) -> !transform.any_op
-  %img2col, %res = transform.structured.convert_conv2d_to_img2col %conv
-    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
-  %gemm0 = transform.get_producer_of_operand %res[0] : (!transform.any_op) -> !transform.any_op"""
+  {col_forall}
+  %gemm0 = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.gemm}} in %root
+    : (!transform.any_op) -> !transform.any_op"""
+COL_FORALL = ("%col_t, %col_forall = transform.structured.tile_using_forall %col num_threads [0, 0, 0, 0, {t}]"
+              " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)")
+
+# The conv as im2col + GEMM, written with plain affine maps: the copy reads x[n, c, oh*s + kh*d, ow*s + kw*d] into
+# col[n, c, kh, kw, oh, ow] (contiguous along ow when the stride is 1, so LLVM vectorizes it; no floordiv/mod as
+# in upstream `convert_conv2d_to_img2col`, whose gather stayed scalar and serial). Viewed as [n, c*kh*kw, oh*ow],
+# col is the GEMM's right-hand side; the weight [f, c*kh*kw] its left-hand side; the conv's init (bias) its
+# accumulator.
+CONV_AS_GEMM = """
+func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
+  %e = tensor.empty() : tensor<{n}x{c}x{kh}x{kw}x{oh}x{ow}x{el}>
+  %col = linalg.generic {{tme.im2col,
+      indexing_maps = [affine_map<(n, c, kh, kw, oh, ow) -> (n, c, oh * {sh} + kh * {dh}, ow * {sw} + kw * {dw})>,
+                       affine_map<(n, c, kh, kw, oh, ow) -> (n, c, kh, kw, oh, ow)>],
+      iterator_types = ["parallel", "parallel", "parallel", "parallel", "parallel", "parallel"]}}
+      ins(%x : {xt}) outs(%e : tensor<{n}x{c}x{kh}x{kw}x{oh}x{ow}x{el}>) {{
+    ^bb0(%a: {el}, %b: {el}):
+      linalg.yield %a : {el}
+  }} -> tensor<{n}x{c}x{kh}x{kw}x{oh}x{ow}x{el}>
+  %colm = tensor.collapse_shape %col [[0], [1, 2, 3], [4, 5]]
+    : tensor<{n}x{c}x{kh}x{kw}x{oh}x{ow}x{el}> into tensor<{n}x{k}x{p}x{el}>
+  %w2 = tensor.collapse_shape %w [[0], [1, 2, 3]] : {wt} into tensor<{f}x{k}x{el}>
+  %i2 = tensor.collapse_shape %init [[0], [1], [2, 3]] : {ot} into tensor<{n}x{f}x{p}x{el}>
+  %r = linalg.generic {{tme.gemm,
+      indexing_maps = [affine_map<(n, f, p, k) -> (f, k)>, affine_map<(n, f, p, k) -> (n, k, p)>,
+                       affine_map<(n, f, p, k) -> (n, f, p)>],
+      iterator_types = ["parallel", "parallel", "parallel", "reduction"]}}
+      ins(%w2, %colm : tensor<{f}x{k}x{el}>, tensor<{n}x{k}x{p}x{el}>) outs(%i2 : tensor<{n}x{f}x{p}x{el}>) {{
+    ^bb0(%a: {el}, %b: {el}, %acc: {el}):
+      %m = arith.mulf %a, %b : {el}
+      %s = arith.addf %acc, %m : {el}
+      linalg.yield %s : {el}
+  }} -> tensor<{n}x{f}x{p}x{el}>
+  %r2 = tensor.expand_shape %r [[0], [1], [2, 3]] output_shape [{n}, {f}, {oh}, {ow}]
+    : tensor<{n}x{f}x{p}x{el}> into {ot}
+  return %r2 : {ot}
+}}
+"""
+
+
+def conv_to_gemm(module) -> bool:
+    """Replace the module's one linalg.conv_2d_nchw_fchw (float) by a call to CONV_AS_GEMM, inlined. False when
+    there is no such conv."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import func as func_d
+    convs = []
+
+    def visit(op):
+        if op.name == "linalg.conv_2d_nchw_fchw":
+            convs.append(op)
+        return ir.WalkResult.ADVANCE
+    module.operation.walk(visit)
+    if len(convs) != 1:
+        return False
+    conv = convs[0]
+    xt, wt, ot = (ir.RankedTensorType(v.type) for v in list(conv.operands)[:3])
+    if str(ot.element_type) not in ("f32", "f64") or any(d < 0 for t in (xt, wt, ot) for d in t.shape):
+        return False
+    strides = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["strides"])]
+    dil = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["dilations"])]
+    n, f, oh, ow = ot.shape
+    _, c, kh, kw = wt.shape
+    text = CONV_AS_GEMM.format(xt=xt, wt=wt, ot=ot, el=ot.element_type, n=n, c=c, kh=kh, kw=kw, oh=oh, ow=ow,
+                               f=f, k=c * kh * kw, p=oh * ow, sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1])
+    with module.context, ir.Location.unknown():
+        module.body.append(ir.Operation.parse(text))
+        with ir.InsertionPoint(conv):
+            call = func_d.CallOp([ot], "tme_conv", list(conv.operands)[:3])
+        conv.results[0].replace_all_uses_with(call.results[0])
+        conv.erase()
+    _run(module, ["inline", "canonicalize"], "conv_to_gemm")
+    return True
+
 
 # matmul / batch_matmul: 4 x 16 reached 39.6 GFLOP/s at 256^3 on one core here, faster than MKL (shared notes).
 MATMUL_HEAD = """
   %mm0 = transform.structured.match ops{{["{op}"]}} in %root : (!transform.any_op) -> !transform.any_op"""
 
 
-def _script(head: str, target: str, tiles: list, split: list) -> str:
-    """A register-tile schedule: `tiles` for the op's parallel dims (k, the last dim, is stepped by 1)."""
+def _script(head: str, target: str, tiles: list, split: list, panel: int = 0) -> str:
+    """A register-tile schedule: `tiles` for the op's parallel dims (k, the last dim, is stepped by 1); `panel` > 0
+    first cuts the last parallel dim (N) into panels of that width, so that a K x panel slice of the right-hand
+    operand stays in cache while every row tile passes over it (without it each row tile streams all of it)."""
     n = len(tiles)
+    if panel:
+        sizes = ", ".join(["0"] * (n - 1) + [str(panel), "0"])
+        panel_text = PANEL.format(target=target, sizes=sizes)
+    else:
+        panel_text = NO_FORALL.format(out=f"{target}p", src=target)
     return REGISTER_TILE.format(head=head, target=target, forall=_forall(f"{target}0", target, split + [0]),
-                                tiles=", ".join(map(str, tiles)), nloops=n, handles=", !transform.any_op" * n,
-                                ktile=", ".join(["0"] * n + ["1"]))
+                                panel=panel_text, tiles=", ".join(map(str, tiles)), nloops=n,
+                                handles=", !transform.any_op" * n, ktile=", ".join(["0"] * n + ["1"]))
+
+
+PANEL = ("%{target}p, %panels = transform.structured.tile_using_for %{target} tile_sizes [{sizes}]"
+         " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)")
 
 
 # Threads: the op is first split into `threads` slices (scf.forall -> OpenMP, run by intel-openmp's libiomp5);
@@ -78,8 +165,10 @@ AFTER_TILE = [
 ]
 BUFFERIZE = [
     "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map}",
+    "canonicalize",      # folds expand_shape(collapse_shape(alloc)) so that the result is an alloc to hoist
     "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true}",
     "canonicalize", "cse",
+    SCRATCH,
     "ownership-based-buffer-deallocation", "canonicalize", "buffer-deallocation-simplification",
     "bufferization-lower-deallocations", "canonicalize",
 ]
@@ -99,7 +188,9 @@ VECTOR_TO_LLVM = [
     "canonicalize", "cse",
     # outerproduct: 10x faster than `dot` for this tiling (shared notes, mlir-cpu-codegen.md).
     "convert-vector-to-llvm{vector-contract-lowering=outerproduct reassociate-fp-reductions=true}",
-    "finalize-memref-to-llvm",
+    # aligned_alloc keeps the pointer's provenance (no ptrtoint round trip): LLVM then knows a temporary does not
+    # alias the arguments and vectorizes copies into it.
+    "finalize-memref-to-llvm{use-aligned-alloc=true}",
     "func.func(convert-arith-to-llvm)",
     "convert-math-to-llvm",
     "convert-index-to-llvm",
@@ -131,9 +222,70 @@ class Schedule:
     threads: int = 1
 
 
-def _tile_n(n: int) -> int:
-    """The GEMM's vector width: 16 (two AVX2 registers) or 8 when they divide N, else the largest divisor <= 16."""
-    return next(d for d in (16, 8) + tuple(range(15, 0, -1)) if n % d == 0)
+@functools.lru_cache(maxsize=None)
+def avx512() -> bool:
+    """Whether the JIT's host CPU has 512-bit vector registers (the JIT compiles for the host CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(l.startswith("flags") and " avx512f" in l for l in f)
+    except OSError:
+        return False
+
+
+# Register tiles (rows x columns, columns = the vector dim), best first, by vector ISA. AVX-512 (32 registers of
+# 16 floats): 8 x 32 keeps 16 accumulators, measured 299 GFLOP/s on 2 cores at 64x576x3136 vs 227 for 8 x 16.
+# AVX2 (16 registers of 8 floats): 8 x 16 for convs and 4 x 16 for matmuls, measured on the first machine.
+TILES_AVX512 = ((8, 32), (8, 16), (16, 8), (8, 8))
+TILES_AVX2 = ((8, 16), (4, 16), (16, 8), (8, 8))
+# Bytes of the right-hand operand one panel may hold (K x panel width): well inside a core's L2 (1-2 MB).
+PANEL_BYTES = 512 * 1024
+
+
+def _register_tile(m: int, n: int) -> tuple:
+    """The first register tile whose rows divide m and whose columns divide n (partial tiles do not vectorize);
+    else the largest column divisor <= 16 with 16 rows or fewer (e.g. 16 x 7 for 7x7 conv outputs)."""
+    for mt, nt in TILES_AVX512 if avx512() else TILES_AVX2:
+        if m % mt == 0 and n % nt == 0:
+            return mt, nt
+    nt = next(d for d in range(16, 0, -1) if n % d == 0)
+    return next(r for r in (16, 8, 4, 2, 1) if m % r == 0), nt
+
+
+def _panel(n: int, k: int, nt: int, elem_bytes: int = 4) -> int:
+    """Panel width for the N dim: 0 (none) if K x n fits PANEL_BYTES, else the widest multiple of nt dividing n
+    that fits."""
+    if k * n * elem_bytes <= PANEL_BYTES:
+        return 0
+    best = 0
+    for w in range(nt, n, nt):
+        if n % w == 0 and k * w * elem_bytes <= PANEL_BYTES:
+            best = w
+    return best
+
+
+def _gemm_plan(batch: list, m: int, n: int, k: int, threads: int) -> tuple:
+    """(register tiles per parallel dim, thread split per parallel dim, N panel width, threads used) for a GEMM
+    with leading batch dims: the thread split (batch, rows or columns, where it divides evenly) that leaves the
+    largest register tile."""
+    options = [(None, m, n)]
+    if threads > 1:
+        if batch and batch[0] % threads == 0:
+            options.append((0, m, n))
+        if m % threads == 0 and m >= 2 * threads:
+            options.append((len(batch), m // threads, n))
+        if n % threads == 0 and n >= 2 * threads:
+            options.append((len(batch) + 1, m, n // threads))
+
+    def score(opt):
+        mt, nt = _register_tile(opt[1], opt[2])
+        # A split is worth having unless it shrinks the tile; among splits, columns first (measured), then rows.
+        return (mt * nt, nt, opt[0] is not None, opt[0] == len(batch) + 1)
+    dim, m_t, n_t = max(options, key=score)
+    mt, nt = _register_tile(m_t, n_t)
+    split = [0] * (len(batch) + 2)
+    if dim is not None:
+        split[dim] = threads
+    return [1] * len(batch) + [mt, nt], split, _panel(n_t, k, nt), threads if dim is not None else 1
 
 
 def select(module, threads: int = 1) -> Optional[Schedule]:
@@ -156,41 +308,43 @@ def select(module, threads: int = 1) -> Optional[Schedule]:
     shape = ir.RankedTensorType(op.results[0].type).shape
     if any(d < 0 for d in shape):
         return None
-    if op.name == "linalg.conv_2d_nchw_fchw" and shape[0] == 1:
-        f, n = shape[1], shape[2] * shape[3]
-        t = threads if f % threads == 0 else 1
-        nt = _tile_n(n)
-        # Rows of the register tile (output channels): measured on ResNet18's shapes, 8 rows beat 4 everywhere
-        # and 16 rows win when the vector width is narrow (7x7 / 14x14 outputs); 12 fails to vectorize.
-        mt = next(m for m in ((16, 8, 4, 1) if nt <= 8 else (8, 4, 1)) if (f // t) % m == 0)
-        return Schedule("conv2d-im2col", _script(CONV2D_HEAD, "gemm", [1, mt, nt], [0, t, 0]), t)
+    if op.name == "linalg.conv_2d_nchw_fchw":
+        wshape = ir.RankedTensorType(op.operands[1].type).shape
+        k = wshape[1] * wshape[2] * wshape[3]
+        tiles, split, panel, t = _gemm_plan([1], shape[1], shape[2] * shape[3], k, threads)
+        col = (COL_FORALL.format(t=threads) if threads > 1 else
+               NO_FORALL.format(out="col_t", src="col"))
+        return Schedule("conv2d-im2col", _script(CONV2D_HEAD.format(col_forall=col), "gemm", tiles, split, panel),
+                        threads)
     if op.name in ("linalg.matmul", "linalg.batch_matmul") and len(op.operands) == 3:
-        batch = op.name == "linalg.batch_matmul"
-        m, n = shape[-2], shape[-1]
-        # Split the batch, else the rows, else the columns across threads, where the split is even.
-        split = [0] * len(shape)
-        t = 1
-        for dim in ([0] if batch else []) + [len(shape) - 2, len(shape) - 1]:
-            if threads > 1 and shape[dim] % threads == 0 and shape[dim] >= 2 * threads:
-                split[dim], t = threads, threads
-                break
-        m_t = m // t if split[-2] else m
-        n_t = n // t if split[-1] else n
-        nt = _tile_n(n_t)
-        mt = next(x for x in (4, 2, 1) if m_t % x == 0)     # 4 x 16: the tile measured best in the notes
-        tiles = ([1] if batch else []) + [mt, nt]
-        return Schedule("matmul", _script(MATMUL_HEAD.format(op=op.name), "mm", tiles, split), t)
+        batch = shape[:-2]
+        k = ir.RankedTensorType(op.operands[0].type).shape[-1]
+        tiles, split, panel, t = _gemm_plan(batch, shape[-2], shape[-1], k, threads)
+        return Schedule("matmul", _script(MATMUL_HEAD.format(op=op.name), "mm", tiles, split, panel), t)
     return None
 
 
 def _run(module, passes, what: str) -> None:
-    from torch_mlir import passmanager
-    from .lowering import diagnostic
+    from . import lowering
+    try:
+        lowering.run(module, passes, "llvm")
+    except CompileFailure as e:
+        raise CompileFailure("llvm", f"schedule {what}: {e.reason}") from None
+
+
+def allow_fma(module) -> None:
+    """Mark float multiplies and adds `contract`: LLVM then fuses the tile's multiply-add pairs into FMAs (without
+    it, 8x32 at 64x576x3136 ran at 179 GFLOP/s instead of 299). A fused multiply-add rounds once instead of twice,
+    which is what oneDNN and MKL do too; contractions are qualified with a tolerance for summation order anyway."""
+    from torch_mlir import ir
     with module.context:
-        try:
-            passmanager.PassManager.parse(pipeline_text(passes)).run(module.operation)
-        except Exception as e:
-            raise CompileFailure("llvm", f"schedule {what}: {diagnostic(e)}") from None
+        contract = ir.Attribute.parse("#arith.fastmath<contract>")
+
+        def visit(op):
+            if op.name in ("arith.mulf", "arith.addf"):
+                op.attributes["fastmath"] = contract
+            return ir.WalkResult.ADVANCE
+        module.operation.walk(visit)
 
 
 def to_llvm(module, schedule: Schedule):
@@ -200,13 +354,20 @@ def to_llvm(module, schedule: Schedule):
     with ctx:
         try:
             copy = ir.Module.parse(str(module))
+        except Exception as e:
+            raise CompileFailure("llvm", f"schedule parse: {e}") from None
+    if schedule.family == "conv2d-im2col" and not conv_to_gemm(copy):
+        raise CompileFailure("llvm", "schedule conv_to_gemm: no float NCHW conv with static shapes")
+    with ctx:
+        try:
             copy.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
             text = str(copy)                     # ends with the module's closing brace
             m = ir.Module.parse(text[:text.rindex("}")] + schedule.script + "}")
         except Exception as e:
             raise CompileFailure("llvm", f"schedule parse: {e}") from None
-    mark_inputs_readonly(m)
+    ranks = mark_inputs_readonly(m)
     _run(m, ["transform-interpreter{entry-point=tile}"], "tile")
+    allow_fma(m)
     _run(m, AFTER_TILE + BUFFERIZE, "bufferize")
     _run(m, ["transform-interpreter{entry-point=lower}"], "lower")
     with ctx:
@@ -218,4 +379,5 @@ def to_llvm(module, schedule: Schedule):
                 op.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
     slot = THREADED.format(n=schedule.threads) if schedule.threads > 1 else SERIAL
     _run(m, [slot if p == "{threads}" else p for p in VECTOR_TO_LLVM], "llvm")
+    noalias_inputs(m, ranks)        # convs and matmuls never write in place
     return m

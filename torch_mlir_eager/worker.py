@@ -168,7 +168,7 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
         except Exception as e:      # whatever went wrong with the schedule, plain loops come next
             info["schedule_failed"] = f"{sched.family}: {type(e).__name__}: {e}"
     t2 = time.perf_counter()
-    llvm_ir = str(lowering.to_llvm(module))
+    llvm_ir = str(lowering.to_llvm(module, noalias=not info["inplace_safe"]))
     t3 = time.perf_counter()
     _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject)
     times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3)

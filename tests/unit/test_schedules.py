@@ -41,8 +41,8 @@ def test_schedules_off_is_plain(ctx):
 
 
 def test_broken_schedule_falls_back_to_plain(ctx, monkeypatch):
-    monkeypatch.setattr(schedules, "CONV2D_HEAD", schedules.CONV2D_HEAD.replace("convert_conv2d_to_img2col",
-                                                                                "no_such_transform"))
+    monkeypatch.setattr(schedules, "CONV2D_HEAD", schedules.CONV2D_HEAD.replace("structured.match",
+                                                                                "structured.no_such_match"))
     r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(), "kwargs": {}})
     assert "ok" in r and r["info"]["schedule"] == "plain"
     assert r["info"]["schedule_failed"].startswith("conv2d-im2col")
