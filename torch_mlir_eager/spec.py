@@ -101,7 +101,7 @@ def _tensor_key(t: torch.Tensor) -> tuple:
         raise CompileFailure("unsupported", f"layout {t.layout}")
     if t.dtype not in SUPPORTED_DTYPES:
         raise CompileFailure("unsupported", f"dtype {t.dtype}")
-    shape = tuple(t.shape)
+    shape = t.shape           # torch.Size: a tuple, hashed and compared as one
     if 0 in shape:
         raise CompileFailure("unsupported", "zero-size tensor")
     # Non-contiguous layouts keep their strides: native result strides (and so ours) depend on them.
