@@ -105,6 +105,43 @@ def static_scratch(module, min_bytes: int = SCRATCH_MIN_BYTES) -> int:
     return replaced
 
 
+def write_results_in_place(module) -> int:
+    """A result computed into a temporary and then copied into the caller's out-param through a reshape
+    (`memref.copy (expand_shape %tmp), %out`, left where the kernel works on a flattened view) is computed in
+    the out-param itself: the temporary's uses take the out-param reshaped back, and the copy goes. Only where
+    the out-param has no other use. Returns how many copies went."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import memref as memref_d
+    copies = []
+
+    def visit(op):
+        if op.name == "memref.copy":
+            copies.append(op)
+        return ir.WalkResult.ADVANCE
+    module.operation.walk(visit)
+    done = 0
+    with module.context, ir.Location.unknown():
+        for cp in copies:
+            src, dst = cp.operands[0].maybe_downcast(), cp.operands[1].maybe_downcast()
+            if not isinstance(dst, ir.BlockArgument) or len(list(dst.uses)) != 1 or not isinstance(src, ir.OpResult):
+                continue
+            view = getattr(src.owner, "operation", src.owner)
+            base = view.operands[0].maybe_downcast() if view.operands else None
+            if view.name != "memref.expand_shape" or not isinstance(base, ir.OpResult):
+                continue
+            alloc = getattr(base.owner, "operation", base.owner)
+            if alloc.name != "memref.alloc" or list(alloc.operands) or len(list(view.results[0].uses)) != 1:
+                continue
+            with ir.InsertionPoint(alloc):
+                flat = memref_d.CollapseShapeOp(alloc.results[0].type, dst, view.attributes["reassociation"])
+            alloc.results[0].replace_all_uses_with(flat.result)
+            cp.erase()
+            view.erase()
+            alloc.erase()
+            done += 1
+    return done
+
+
 def _in_parallel_region(op) -> bool:
     """Inside a loop whose iterations may run on different threads: a buffer allocated there belongs to one
     iteration and must not become a shared static buffer."""
@@ -144,6 +181,7 @@ def run(module, passes, category: str) -> None:
         i = passes.index(SCRATCH)
         run(module, passes[:i], category)
         try:
+            write_results_in_place(module)
             static_scratch(module)
         except Exception as e:
             raise CompileFailure(category, f"static_scratch: {type(e).__name__}: {e}") from None
