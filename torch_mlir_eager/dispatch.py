@@ -81,8 +81,7 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
                 raise CompileFailure("unsupported", "destination needs a resize or a cast")
     direct = e.write_in_place and kernel.inplace_safe and dests[0].is_contiguous()
     try:
-        # contiguous() returns the tensor itself when it is
-        outs = kernel([t.contiguous() for t in tensors], dests if direct else None)
+        outs = kernel(kernel.prepare(tensors), dests if direct else None)
     except Exception as e:
         failure = CompileFailure("runtime", f"{type(e).__name__}: {e}")
         cache.put_failure(key, failure)

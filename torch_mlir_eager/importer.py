@@ -37,15 +37,30 @@ def _results(out) -> list:
     return kept
 
 
-def one_node_graph(func, args, kwargs, tensors) -> tuple:
-    """(graph, fake results): placeholders carry FakeTensor meta values; one call_function node on the OpOverload."""
+def _inverse(p) -> list:
+    inv = [0] * len(p)
+    for i, d in enumerate(p):
+        inv[d] = i
+    return inv
+
+
+def one_node_graph(func, args, kwargs, tensors, perms=None) -> tuple:
+    """(graph, fake results): placeholders carry FakeTensor meta values; one call_function node on the OpOverload.
+    `perms` (per tensor, None or p): that placeholder is the contiguous base t.permute(p), permuted back in the
+    graph."""
     fakes, out = _fake_call(func, args, kwargs, tensors)
     results = _results(out)
     g = fx.Graph()
     phs = []
     for i, f in enumerate(fakes):
         p = g.placeholder(f"arg{i}")
-        p.meta["val"] = f
+        perm = perms[i] if perms else None
+        if perm is None:
+            p.meta["val"] = f
+        else:
+            p.meta["val"] = f.permute(perm)
+            p = g.call_function(torch.ops.aten.permute.default, (p, _inverse(perm)))
+            p.meta["val"] = f
         phs.append(p)
     it = iter(phs)
     nargs, nkwargs = map_tensors((args, kwargs), lambda _t: next(it))
@@ -95,8 +110,9 @@ _SPATIAL_FLAT = frozenset(getattr(torch.ops.aten, name).default if "." not in na
                                        "_native_batch_norm_legit.default", "_native_batch_norm_legit.no_stats"))
 
 
-def decomposed_graph(func, args, kwargs, tensors) -> tuple:
-    """(graph, fake results) of the op traced through a decomposition table: still one call -> one module."""
+def decomposed_graph(func, args, kwargs, tensors, perms=None) -> tuple:
+    """(graph, fake results) of the op traced through a decomposition table: still one call -> one module.
+    `perms`: as for `one_node_graph`."""
     from torch.fx.experimental.proxy_tensor import make_fx
     _, out = _fake_call(func, args, kwargs, tensors)
     results = _results(out)
@@ -104,6 +120,8 @@ def decomposed_graph(func, args, kwargs, tensors) -> tuple:
     flat = func in _SPATIAL_FLAT and isinstance(args[0], torch.Tensor) and args[0].dim() > 3
 
     def fn(*ts):
+        if perms:
+            ts = [t if p is None else t.permute(_inverse(p)) for t, p in zip(ts, perms)]
         it = iter(ts)
         a, k = map_tensors((args, kwargs), lambda _t: next(it))
         if flat:
@@ -115,7 +133,8 @@ def decomposed_graph(func, args, kwargs, tensors) -> tuple:
         return tuple(x for x in (r if isinstance(r, (tuple, list)) else (r,)) if x.numel() > 0)
 
     try:
-        gm = make_fx(fn, decomposition_table=decomposition_for(func), tracing_mode="fake")(*tensors)
+        bases = [t if not perms or p is None else t.permute(p) for t, p in zip(tensors, perms or [None] * len(tensors))]
+        gm = make_fx(fn, decomposition_table=decomposition_for(func), tracing_mode="fake")(*bases)
     except Exception as e:
         raise CompileFailure("import", f"decomposition: {type(e).__name__}: {e}") from None
     gm.graph.eliminate_dead_code()   # decompositions leave unused temporaries (zero-size stats, ...)

@@ -56,6 +56,15 @@ class TensorMeta:
         return f"tensor[{'x'.join(map(str, self.shape))}:{MLIR_ELEMENT.get(self.dtype, self.dtype)}]"
 
 
+def base_permutation(t: torch.Tensor):
+    """For a non-contiguous tensor that is a permutation of a contiguous one (t(), transpose, permute), the dims
+    order `p` with t.permute(p) contiguous (a view, no copy); else None."""
+    if t.dim() < 2 or t.is_contiguous():
+        return None
+    p = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d)))
+    return tuple(p) if t.permute(p).is_contiguous() else None
+
+
 _jit_lock = threading.Lock()
 
 
@@ -132,7 +141,15 @@ class Kernel:
         self._templates = [torch.empty(m.shape, dtype=m.dtype) if math.prod(m.shape) <= 1 else
                            torch.empty((), dtype=m.dtype).expand(m.shape) for m in self.outputs]
         self.inplace_safe = False      # set by the compiler when the worker proved it (worker._single_pointwise)
+        self.input_perms = None        # per input, None or the permutation that gives the contiguous base it takes
         self._all_contiguous = all(m.contiguous for m in self.outputs)
+
+    def prepare(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The kernel's inputs for a call's tensors: contiguous, or (input_perms) the contiguous base of a
+        transposed view, which the kernel permutes itself (no transposed copy of a weight per call)."""
+        if self.input_perms is None:
+            return [t.contiguous() for t in tensors]       # contiguous() returns the tensor itself when it is
+        return [t.contiguous() if p is None else t.permute(p) for t, p in zip(tensors, self.input_perms)]
 
     def __call__(self, tensors: Sequence[torch.Tensor], outs: Optional[List[torch.Tensor]] = None
                  ) -> List[torch.Tensor]:

@@ -135,15 +135,13 @@ func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
 DOT_BELOW = 8
 DOT_TILE = """
 transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
-  %col = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.im2col}} in %root
-    : (!transform.any_op) -> !transform.any_op
-  {col_forall}
+  {head}
   %gemm0 = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.gemm}} in %root
     : (!transform.any_op) -> !transform.any_op
   {forall}
-  %t, %l:3 = transform.structured.tile_using_for %gemm tile_sizes [1, {mt}, {nt}, 0]
-    : (!transform.any_op) -> (!transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op)
-  %fill, %split, %comb, %loop = transform.structured.tile_reduction_using_for %t by tile_sizes = [0, 0, 0, {kv}]
+  %t, %l:{nloops} = transform.structured.tile_using_for %gemm tile_sizes [{tiles}, 0]
+    : (!transform.any_op) -> (!transform.any_op{handles})
+  %fill, %split, %comb, %loop = transform.structured.tile_reduction_using_for %t by tile_sizes = [{ktile}]
     : (!transform.any_op) -> (!transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op)
   transform.structured.vectorize %split : !transform.any_op
   transform.structured.vectorize %comb : !transform.any_op
@@ -160,6 +158,85 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
   transform.yield
 }}
 """
+
+
+COL_HEAD = """
+  %col = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.im2col}} in %root
+    : (!transform.any_op) -> !transform.any_op
+  {col_forall}"""
+
+
+def _dot_script(head: str, tiles: list, split: list, kv: int = 16) -> str:
+    """DOT_TILE for a tme.gemm generic with parallel dims `tiles` (then k, vectorized `kv` wide)."""
+    n = len(tiles)
+    return DOT_TILE.format(head=head, forall=_forall("gemm0", "gemm", split + [0]),
+                           tiles=", ".join(map(str, tiles)), nloops=n, handles=", !transform.any_op" * n,
+                           ktile=", ".join(["0"] * n + [str(kv)]))
+
+
+# A matmul whose right-hand side is the transpose of an input (a linear layer's weight.t(), attention's
+# k.transpose(-1, -2)), both operands contiguous along k: the dot-product form reads the weight rows directly.
+MATMUL_T = """
+func.func private @tme_mm(%a: {at}, %w: {wt}, %init: {ot}) -> {ot} {{
+  %r = linalg.generic {{tme.gemm,
+      indexing_maps = [affine_map<({dims}, k) -> ({bd}m, k)>, affine_map<({dims}, k) -> ({bd}n, k)>,
+                       affine_map<({dims}, k) -> ({dims})>],
+      iterator_types = [{par}"parallel", "parallel", "reduction"]}}
+      ins(%a, %w : {at}, {wt}) outs(%init : {ot}) {{
+    ^bb0(%x: {el}, %y: {el}, %acc: {el}):
+      %m = arith.mulf %x, %y : {el}
+      %s = arith.addf %acc, %m : {el}
+      linalg.yield %s : {el}
+  }} -> {ot}
+  return %r : {ot}
+}}
+"""
+
+
+def _transposed_rhs(op):
+    """The transpose's input when the matmul's right-hand side is linalg.transpose swapping the last two dims."""
+    from torch_mlir import ir
+    rhs = op.operands[1].maybe_downcast()
+    if not isinstance(rhs, ir.OpResult):
+        return None
+    t = getattr(rhs.owner, "operation", rhs.owner)
+    if t.name != "linalg.transpose":
+        return None
+    perm = [int(x) for x in ir.DenseI64ArrayAttr(t.attributes["permutation"])]
+    n = len(perm)
+    if perm != list(range(n - 2)) + [n - 1, n - 2]:
+        return None
+    return t.operands[0]
+
+
+def fold_transposed_rhs(module) -> bool:
+    """Replace the module's matmul of (a, transpose(w)) by MATMUL_T on (a, w), inlined."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import func as func_d
+    mms = []
+
+    def visit(op):
+        if op.name in ("linalg.matmul", "linalg.batch_matmul") and _transposed_rhs(op) is not None:
+            mms.append(op)
+        return ir.WalkResult.ADVANCE
+    with module.context:
+        module.operation.walk(visit)
+    if len(mms) != 1:
+        return False
+    mm = mms[0]
+    with module.context, ir.Location.unknown():
+        w = _transposed_rhs(mm)
+        at, wt, ot = (ir.RankedTensorType(v.type) for v in (mm.operands[0], w, mm.operands[2]))
+        batch = mm.name == "linalg.batch_matmul"
+        text = MATMUL_T.format(at=at, wt=wt, ot=ot, el=ot.element_type, dims="b, m, n" if batch else "m, n",
+                               bd="b, " if batch else "", par='"parallel", ' if batch else "")
+        module.body.append(ir.Operation.parse(text))
+        with ir.InsertionPoint(mm):
+            call = func_d.CallOp([ot], "tme_mm", [mm.operands[0], w, mm.operands[2]])
+        mm.results[0].replace_all_uses_with(call.results[0])
+        mm.erase()
+    _run(module, ["inline", "canonicalize"], "fold_transposed_rhs")
+    return True
 
 
 def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
@@ -397,8 +474,7 @@ def _conv_schedule(shape, k: int, threads: int) -> Schedule:
         t = threads if f % (threads * dmt) == 0 else 1
         col = (COL_FORALL.format(counts=f"0, {threads}") if threads > 1 else
                NO_FORALL.format(out="col_t", src="col"))
-        script = DOT_TILE.format(col_forall=col, forall=_forall("gemm0", "gemm", [0, t, 0, 0]), mt=dmt, nt=dnt,
-                                 kv=16)
+        script = _dot_script(COL_HEAD.format(col_forall=col), [1, dmt, dnt], [0, t, 0])
         return Schedule("conv2d-dot", script, threads)
     pb = oh // r
     # Threads: whole panels per thread where they divide evenly, else output channels (rows of the GEMM).
@@ -437,6 +513,22 @@ def select(module, threads: int = 1) -> Optional[Schedule]:
     if op.name == "linalg.conv_2d_nchw_fchw":
         wshape = ir.RankedTensorType(op.operands[1].type).shape
         return _conv_schedule(shape, wshape[1] * wshape[2] * wshape[3], threads)
+    if op.name in ("linalg.matmul", "linalg.batch_matmul") and len(op.operands) == 3 and \
+            _transposed_rhs(op) is not None:
+        k = ir.RankedTensorType(op.operands[0].type).shape[-1]
+        if k % 16:
+            return None
+        batch, m, n = shape[:-2], shape[-2], shape[-1]
+        mt = next(d for d in (4, 2, 1) if m % d == 0)
+        nt = next(d for d in (4, 7, 8, 5, 3, 2, 1) if n % d == 0)
+        split = [0] * len(shape)
+        for dim in ([0] if batch else []) + [len(shape) - 1, len(shape) - 2]:
+            if threads > 1 and shape[dim] % threads == 0 and (shape[dim] // threads) % \
+                    {len(shape) - 1: nt, len(shape) - 2: mt}.get(dim, 1) == 0:
+                split[dim] = threads
+                break
+        return Schedule("matmul-dot", _dot_script("", [1] * len(batch) + [mt, nt], split),
+                        threads if any(split) else 1)
     if op.name in ("linalg.matmul", "linalg.batch_matmul") and len(op.operands) == 3:
         batch = shape[:-2]
         k = ir.RankedTensorType(op.operands[0].type).shape[-1]
@@ -480,6 +572,8 @@ def to_llvm(module, schedule: Schedule):
     if schedule.family.startswith("conv2d") and \
             not conv_to_gemm(copy, schedule.panel_rows, schedule.family == "conv2d-dot"):
         raise CompileFailure("llvm", "schedule conv_to_gemm: no float NCHW conv with static shapes")
+    if schedule.family == "matmul-dot" and not fold_transposed_rhs(copy):
+        raise CompileFailure("llvm", "schedule fold_transposed_rhs: no matmul of a transposed input")
     with ctx:
         try:
             copy.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()

@@ -61,7 +61,7 @@ def test_addmm_with_affine_map_aliases_gets_its_schedule(ctx):
     # addmm's Linalg module opens with #map aliases: the schedule must still be spliced in.
     args = (torch.randn(64), torch.randn(16, 32), torch.randn(64, 32).t())
     r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}})
-    assert r["info"]["schedule"] == "matmul" and "schedule_failed" not in r["info"]
+    assert r["info"]["schedule"] in ("matmul", "matmul-dot") and "schedule_failed" not in r["info"]
 
 
 def test_contraction_tolerance_scales_with_output_not_with_errors():
@@ -84,3 +84,33 @@ def test_threaded_schedules_qualify(ctx, op, args):
     assert "ok" in r, r
     assert r["info"]["schedule"] in ("conv2d-im2col", "matmul")
     assert "omp.parallel" in r["ok"][0]
+
+
+def test_narrow_conv_takes_the_dot_form(ctx):
+    # A 7x7 output: no vector width divides its 49 columns, so the conv runs as dot products along k.
+    r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(c=16, f=8, h=7),
+                                     "kwargs": {}, "threads": 2})
+    assert "ok" in r, r
+    assert r["info"]["schedule"] == "conv2d-dot"
+
+
+def test_conv_columns_come_in_panels_of_whole_rows():
+    rows, mt, nt = schedules._conv_panel(16, 16, 16, 72)
+    assert 16 % rows == 0 and rows < 16 and (rows * 16) % nt == 0
+
+
+@pytest.mark.parametrize("args", [(torch.randn(1000), torch.randn(1, 512), torch.randn(1000, 512).t()),
+                                  (torch.randn(64), torch.randn(32, 512), torch.randn(64, 512).t())],
+                         ids=["one-row", "k512"])
+def test_transposed_weight_is_taken_untransposed(ctx, args):
+    r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}, "threads": 2})
+    assert "ok" in r, r
+    assert r["info"]["schedule"] == "matmul-dot" and r["info"]["input_perms"] == [None, None, (1, 0)]
+    assert [tuple(m.shape) for m in r["ok"][1]] == [tuple(args[0].shape), tuple(args[1].shape), (args[2].shape[1],
+                                                                                               args[2].shape[0])]
+
+
+def test_wide_rows_small_k_keep_the_transposed_copy(ctx):
+    args = (torch.randn(768), torch.randn(128, 256), torch.randn(768, 256).t())
+    r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}})
+    assert "ok" in r and "input_perms" not in r["info"]

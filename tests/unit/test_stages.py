@@ -69,3 +69,33 @@ def test_non_contiguous_output_strides(ctx):
     (out,) = Kernel(llvm_ir, ins, outs)([a.contiguous()])
     assert out.stride() == torch.neg(a).stride()
     torch.testing.assert_close(out, torch.neg(a))
+
+
+def _parse(ctx, text):
+    from torch_mlir import ir
+    with ctx:
+        return ir.Module.parse(text)
+
+
+def test_large_temporaries_become_static_buffers_except_in_parallel_loops(ctx):
+    m = _parse(ctx, """func.func @f() {
+      scf.forall (%i) in (2) { %a = memref.alloc() : memref<100000xf32> }
+      %b = memref.alloc() : memref<100000xf32>
+      %c = memref.alloc() : memref<16xf32>
+      return }""")
+    assert lowering.static_scratch(m) == 1
+    text = str(m)
+    # the per-thread buffer and the small one stay allocations; the large serial one is a global
+    assert text.count("memref.alloc()") == 2 and "memref.get_global @tme_scratch0" in text
+
+
+def test_result_computed_through_a_reshape_is_written_in_place(ctx):
+    m = _parse(ctx, """func.func @f(%x: memref<2x6xf32>, %out: memref<2x2x3xf32>) {
+      %t = memref.alloc() : memref<2x6xf32>
+      memref.copy %x, %t : memref<2x6xf32> to memref<2x6xf32>
+      %v = memref.expand_shape %t [[0], [1, 2]] output_shape [2, 2, 3] : memref<2x6xf32> into memref<2x2x3xf32>
+      memref.copy %v, %out : memref<2x2x3xf32> to memref<2x2x3xf32>
+      return }""")
+    assert lowering.write_results_in_place(m) == 1
+    text = str(m)
+    assert "memref.alloc" not in text and text.count("memref.copy") == 1 and "memref.collapse_shape %arg1" in text
