@@ -63,7 +63,11 @@ class BertLayer(torch.nn.Module):
 
 
 def per_call(fn, n: int, reps: int = 5) -> float:
-    """Seconds per call: the best of `reps` means over n calls."""
+    """Seconds per call: the best of `reps` means over n calls. Starts after a 20 ms pause: the thread pool of
+    whatever ran before (torch's libgomp after native calls, our libiomp5 after kernels) spins for a while after
+    its last parallel region and, on a 2-core machine, slows the other side's first calls down (measured: a
+    100 us 1x1 conv took 220-330 us right after native calls, ResNet's fc 89 us instead of 11)."""
+    time.sleep(0.02)
     fn()
     best = math.inf
     for _ in range(reps):
@@ -143,7 +147,7 @@ def kernels(model, x, n: int) -> tuple:
         if kernel is None:
             continue
         _, tensors = spec.flatten(str(func), args, kwargs)
-        ins = [t.contiguous() for t in tensors]
+        ins = kernel.prepare(tensors)          # what dispatch passes: contiguous, or a transposed input's base
         t_nat = per_call(lambda: func(*args, **kwargs), n, reps=3)
         t_k = per_call(lambda: kernel(ins), n, reps=3)
         r = t_k / t_nat
