@@ -72,8 +72,9 @@ def static_scratch(module, min_bytes: int = SCRATCH_MIN_BYTES) -> int:
     decomposed intermediates) by a private global buffer of the module, allocated once when the kernel is loaded.
     A heap block of megabytes is mmapped and zeroed by the OS on every call (measured: 7 MB of page clearing per
     64x56x56 conv call). Safe because a kernel never runs concurrently with itself (Kernel holds a lock per kernel)
-    and is not re-entrant; allocations inside parallel loops (one per iteration, on several threads) are left. Run after bufferization, before deallocations are inserted (globals are not owned, so
-    none are). Returns how many buffers were replaced."""
+    and is not re-entrant; allocations inside parallel loops (one per iteration, on several threads) are left.
+    Run after bufferization, before deallocations are inserted (globals are not owned, so none are). Returns how
+    many buffers were replaced."""
     from torch_mlir import ir
     from torch_mlir.dialects import memref as memref_d
     allocs = []

@@ -40,8 +40,8 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
 }}
 """
 
-# conv2d NCHW/FCHW after `conv_to_gemm`: an im2col copy (split across threads by panel or input channel) and a GEMM generic
-# (dims n, f, oh*ow, k), which is what gets register-tiled.
+# conv2d NCHW/FCHW after `conv_to_gemm`: an im2col copy (split across threads by panel or input channel) and a GEMM
+# generic (dims n, f, column panel, column, k), which is what gets register-tiled.
 CONV2D_HEAD = """
   %col = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.im2col}} in %root
     : (!transform.any_op) -> !transform.any_op
@@ -264,9 +264,10 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
     r = panel_rows or oh
     if oh % r:
         return False
-    text = (CONV_AS_DOT if dot else CONV_AS_GEMM).format(xt=xt, wt=wt, ot=ot, el=ot.element_type, n=n, c=c, kh=kh, kw=kw, oh=oh, ow=ow,
-                               f=f, k=c * kh * kw, p=oh * ow, sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1],
-                               r=r, pb=oh // r, nc=r * ow, rs=r * strides[0])
+    text = (CONV_AS_DOT if dot else CONV_AS_GEMM).format(
+        xt=xt, wt=wt, ot=ot, el=ot.element_type, n=n, c=c, kh=kh, kw=kw, oh=oh, ow=ow, f=f, k=c * kh * kw,
+        p=oh * ow, sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], r=r, pb=oh // r, nc=r * ow,
+        rs=r * strides[0])
     with module.context, ir.Location.unknown():
         module.body.append(ir.Operation.parse(text))
         with ir.InsertionPoint(conv):
@@ -407,7 +408,17 @@ def _register_tile(m: int, n: int) -> tuple:
         if m % mt == 0 and n % nt == 0:
             return mt, nt
     nt = next(d for d in range(16, 0, -1) if n % d == 0)
-    return next(r for r in (16, 8, 4, 2, 1) if m % r == 0), nt
+    # Accumulators must stay in registers: 16 rows of one 16-wide vector on AVX-512 (32 registers); on AVX2 a
+    # column of up to 16 floats takes two of its 16 registers, so at most 6 rows of two or 12 rows of one.
+    vec, budget = (16, 24) if avx512() else (8, 12)
+    return next(r for r in (16, 8, 4, 2, 1) if m % r == 0 and r * -(-nt // vec) <= budget), nt
+
+
+def _dot_tile(m: int, n: int) -> tuple:
+    """(rows, columns, k vector width) of a dot-product tile: rows x columns accumulators of one vector each
+    (AVX-512: 4 x 7 of 16 floats = 28 of 32 registers; AVX2: 2 x 6 of 8 floats = 12 of 16)."""
+    rows, cols, kv = ((4, 2, 1), (7, 8, 6, 5, 4, 3, 2, 1), 16) if avx512() else ((2, 1), (6, 5, 4, 3, 2, 1), 8)
+    return next(d for d in rows if m % d == 0), next(d for d in cols if n % d == 0), kv
 
 
 def _panel(n: int, k: int, nt: int, elem_bytes: int = 4) -> int:
@@ -451,7 +462,8 @@ def _conv_panel(f: int, oh: int, ow: int, k: int) -> tuple:
     """(rows per panel, register tile) for the conv GEMM [f, k] x [k, oh*ow]: the columns come in panels of whole
     output rows (r rows: r * ow columns, contiguous in the im2col buffer), so a panel is read as one block while
     every row tile passes over it (measured at 128x1152x784: 825 us vs 1167 with strided rows). Best register tile
-    first (16- or 32-wide vectors over 14-wide over narrower), then panels that fit PANEL_BYTES, then narrower (measured: 256x14x14 3x3 896 us with 1-row panels, 1041 with 2)."""
+    first (16- or 32-wide vectors over 14-wide over narrower), then panels that fit PANEL_BYTES, then narrower
+    (measured: 256x14x14 3x3 896 us with 1-row panels, 1041 with 2)."""
     best = None
     for r in (d for d in range(1, oh + 1) if oh % d == 0):
         nc = r * ow
@@ -469,12 +481,11 @@ def _conv_schedule(shape, k: int, threads: int) -> Schedule:
     p = oh * ow
     if nt < DOT_BELOW and k % 16 == 0:
         # Narrow: the dot-product form (vectors along k). Threads split the output channels.
-        dmt = next(d for d in (4, 2, 1) if f % (threads * d) == 0 or (threads == 1 and f % d == 0))
-        dnt = next(d for d in (7, 8, 6, 5, 4, 3, 2, 1) if p % d == 0)
+        dmt, dnt, kv = _dot_tile(f // threads if f % threads == 0 else f, p)
         t = threads if f % (threads * dmt) == 0 else 1
         col = (COL_FORALL.format(counts=f"0, {threads}") if threads > 1 else
                NO_FORALL.format(out="col_t", src="col"))
-        script = _dot_script(COL_HEAD.format(col_forall=col), [1, dmt, dnt], [0, t, 0])
+        script = _dot_script(COL_HEAD.format(col_forall=col), [1, dmt, dnt], [0, t, 0], kv)
         return Schedule("conv2d-dot", script, threads)
     pb = oh // r
     # Threads: whole panels per thread where they divide evenly, else output channels (rows of the GEMM).
@@ -519,15 +530,14 @@ def select(module, threads: int = 1) -> Optional[Schedule]:
         if k % 16:
             return None
         batch, m, n = shape[:-2], shape[-2], shape[-1]
-        mt = next(d for d in (4, 2, 1) if m % d == 0)
-        nt = next(d for d in (4, 7, 8, 5, 3, 2, 1) if n % d == 0)
+        mt, nt, kv = _dot_tile(m, n)
         split = [0] * len(shape)
         for dim in ([0] if batch else []) + [len(shape) - 1, len(shape) - 2]:
             if threads > 1 and shape[dim] % threads == 0 and (shape[dim] // threads) % \
                     {len(shape) - 1: nt, len(shape) - 2: mt}.get(dim, 1) == 0:
                 split[dim] = threads
                 break
-        return Schedule("matmul-dot", _dot_script("", [1] * len(batch) + [mt, nt], split),
+        return Schedule("matmul-dot", _dot_script("", [1] * len(batch) + [mt, nt], split, kv),
                         threads if any(split) else 1)
     if op.name in ("linalg.matmul", "linalg.batch_matmul") and len(op.operands) == 3:
         batch = shape[:-2]

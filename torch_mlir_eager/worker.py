@@ -81,8 +81,8 @@ def _transposed_rhs_perms(func, tensors, natives):
     n = rhs.dim()
     if p is None or list(p) != list(range(n - 2)) + [n - 1, n - 2]:
         return None
-    if not (natives[0].shape[-2] <= 16 or rhs.shape[-2] >= 512):
-        return None
+    if not (natives[0].shape[-2] <= 16 or rhs.shape[-2] >= 512) or rhs.shape[-2] % 16:
+        return None       # (the dot-product schedule steps k by whole vectors)
     return [None] * (len(tensors) - 1) + [p]
 
 
