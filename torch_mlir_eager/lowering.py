@@ -77,13 +77,8 @@ def static_scratch(module, min_bytes: int = SCRATCH_MIN_BYTES) -> int:
     many buffers were replaced."""
     from torch_mlir import ir
     from torch_mlir.dialects import memref as memref_d
-    allocs = []
-
-    def visit(op):
-        if op.name == "memref.alloc" and not list(op.operands) and not _in_parallel_region(op):
-            allocs.append(op)
-        return ir.WalkResult.ADVANCE
-    module.operation.walk(visit)
+    allocs = find_ops(module, lambda op: op.name == "memref.alloc" and not list(op.operands)
+                      and not _in_parallel_region(op))
     replaced = 0
     with module.context, ir.Location.unknown():
         for op in allocs:
@@ -106,6 +101,20 @@ def static_scratch(module, min_bytes: int = SCRATCH_MIN_BYTES) -> int:
     return replaced
 
 
+def find_ops(module, pred) -> list:
+    """The operations of a module (nested included) for which pred(op) holds, in walk order."""
+    from torch_mlir import ir
+    found = []
+
+    def visit(op):
+        if pred(op):
+            found.append(op)
+        return ir.WalkResult.ADVANCE
+    with module.context:
+        module.operation.walk(visit)
+    return found
+
+
 def write_results_in_place(module) -> int:
     """A result computed into a temporary and then copied into the caller's out-param through a reshape
     (`memref.copy (expand_shape %tmp), %out`, left where the kernel works on a flattened view) is computed in
@@ -113,13 +122,7 @@ def write_results_in_place(module) -> int:
     the out-param has no other use. Returns how many copies went."""
     from torch_mlir import ir
     from torch_mlir.dialects import memref as memref_d
-    copies = []
-
-    def visit(op):
-        if op.name == "memref.copy":
-            copies.append(op)
-        return ir.WalkResult.ADVANCE
-    module.operation.walk(visit)
+    copies = find_ops(module, lambda op: op.name == "memref.copy")
     done = 0
     with module.context, ir.Location.unknown():
         for cp in copies:

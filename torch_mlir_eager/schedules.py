@@ -11,23 +11,15 @@ import functools
 from typing import Optional
 
 from .errors import CompileFailure
-from .lowering import SCRATCH, mark_inputs_readonly, noalias_inputs
+from .lowering import SCRATCH, find_ops, mark_inputs_readonly, noalias_inputs
 
 # Every schedule: a family-specific head finds the op (%{target}0) and may split it across threads (%{target});
 # the shared tail tiles it to a register tile with a k step of 1, vectorizes only that tile, and lowers the
 # contraction to outer products (FMAs). Vectorizing untiled ops (im2col, pad, fills) would build whole-tensor
 # vectors: a known memory blow-up.
-REGISTER_TILE = """
-transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
-{head}
-  {forall}
-  {panel}
-  %t, %l:{nloops} = transform.structured.tile_using_for %{target}p tile_sizes [{tiles}, 0]
-    : (!transform.any_op) -> (!transform.any_op{handles})
-  %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
-    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
-  transform.structured.vectorize %t2 : !transform.any_op
-  %f = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
+# The end of every @tile sequence (canonicalize the function) and the @lower sequence that runs after
+# bufferization (hoist the accumulator tile's loads and stores out of the k loop: it stays in registers).
+TAIL = """  %f = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
   transform.apply_patterns to %f {{
     transform.apply_patterns.canonicalization
   }} : !transform.any_op
@@ -39,6 +31,18 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
   transform.yield
 }}
 """
+
+REGISTER_TILE = """
+transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
+{head}
+  {forall}
+  {panel}
+  %t, %l:{nloops} = transform.structured.tile_using_for %{target}p tile_sizes [{tiles}, 0]
+    : (!transform.any_op) -> (!transform.any_op{handles})
+  %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
+    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
+  transform.structured.vectorize %t2 : !transform.any_op
+""" + TAIL
 
 # conv2d NCHW/FCHW after `conv_to_gemm`: an im2col copy (split across threads by panel or input channel) and a GEMM
 # generic (dims n, f, column panel, column, k), which is what gets register-tiled.
@@ -146,18 +150,7 @@ transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) 
   transform.structured.vectorize %split : !transform.any_op
   transform.structured.vectorize %comb : !transform.any_op
   transform.structured.vectorize %fill : !transform.any_op
-  %f = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
-  transform.apply_patterns to %f {{
-    transform.apply_patterns.canonicalization
-  }} : !transform.any_op
-  transform.yield
-}}
-transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}}) {{
-  %f0 = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
-  %f = transform.structured.hoist_redundant_vector_transfers %f0 : (!transform.any_op) -> !transform.any_op
-  transform.yield
-}}
-"""
+""" + TAIL
 
 
 COL_HEAD = """
@@ -193,6 +186,19 @@ func.func private @tme_mm(%a: {at}, %w: {wt}, %init: {ot}) -> {ot} {{
 """
 
 
+def _replace_with_call(module, op, func_text: str, name: str, operands, result_type, what: str) -> None:
+    """Replace `op` (one result) by a call to the private function `func_text` defines, then inline it."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import func as func_d
+    with module.context, ir.Location.unknown():
+        module.body.append(ir.Operation.parse(func_text))
+        with ir.InsertionPoint(op):
+            call = func_d.CallOp([result_type], name, list(operands))
+        op.results[0].replace_all_uses_with(call.results[0])
+        op.erase()
+    _run(module, ["inline", "canonicalize"], what)
+
+
 def _transposed_rhs(op):
     """The transpose's input when the matmul's right-hand side is linalg.transpose swapping the last two dims."""
     from torch_mlir import ir
@@ -212,30 +218,19 @@ def _transposed_rhs(op):
 def fold_transposed_rhs(module) -> bool:
     """Replace the module's matmul of (a, transpose(w)) by MATMUL_T on (a, w), inlined."""
     from torch_mlir import ir
-    from torch_mlir.dialects import func as func_d
-    mms = []
-
-    def visit(op):
-        if op.name in ("linalg.matmul", "linalg.batch_matmul") and _transposed_rhs(op) is not None:
-            mms.append(op)
-        return ir.WalkResult.ADVANCE
-    with module.context:
-        module.operation.walk(visit)
+    mms = find_ops(module, lambda op: op.name in ("linalg.matmul", "linalg.batch_matmul")
+                   and _transposed_rhs(op) is not None)
     if len(mms) != 1:
         return False
     mm = mms[0]
-    with module.context, ir.Location.unknown():
+    with module.context:
         w = _transposed_rhs(mm)
         at, wt, ot = (ir.RankedTensorType(v.type) for v in (mm.operands[0], w, mm.operands[2]))
         batch = mm.name == "linalg.batch_matmul"
         text = MATMUL_T.format(at=at, wt=wt, ot=ot, el=ot.element_type, dims="b, m, n" if batch else "m, n",
                                bd="b, " if batch else "", par='"parallel", ' if batch else "")
-        module.body.append(ir.Operation.parse(text))
-        with ir.InsertionPoint(mm):
-            call = func_d.CallOp([ot], "tme_mm", [mm.operands[0], w, mm.operands[2]])
-        mm.results[0].replace_all_uses_with(call.results[0])
-        mm.erase()
-    _run(module, ["inline", "canonicalize"], "fold_transposed_rhs")
+        operands = [mm.operands[0], w, mm.operands[2]]
+    _replace_with_call(module, mm, text, "tme_mm", operands, ot, "fold_transposed_rhs")
     return True
 
 
@@ -243,22 +238,16 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
     """Replace the module's one linalg.conv_2d_nchw_fchw (float) by a call to CONV_AS_GEMM, inlined, with column
     panels of `panel_rows` output rows (0: one panel). False when there is no such conv."""
     from torch_mlir import ir
-    from torch_mlir.dialects import func as func_d
-    convs = []
-
-    def visit(op):
-        if op.name == "linalg.conv_2d_nchw_fchw":
-            convs.append(op)
-        return ir.WalkResult.ADVANCE
-    module.operation.walk(visit)
+    convs = find_ops(module, lambda op: op.name == "linalg.conv_2d_nchw_fchw")
     if len(convs) != 1:
         return False
     conv = convs[0]
-    xt, wt, ot = (ir.RankedTensorType(v.type) for v in list(conv.operands)[:3])
-    if str(ot.element_type) not in ("f32", "f64") or any(d < 0 for t in (xt, wt, ot) for d in t.shape):
-        return False
-    strides = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["strides"])]
-    dil = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["dilations"])]
+    with module.context:
+        xt, wt, ot = (ir.RankedTensorType(v.type) for v in list(conv.operands)[:3])
+        if str(ot.element_type) not in ("f32", "f64") or any(d < 0 for t in (xt, wt, ot) for d in t.shape):
+            return False
+        strides = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["strides"])]
+        dil = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["dilations"])]
     n, f, oh, ow = ot.shape
     _, c, kh, kw = wt.shape
     r = panel_rows or oh
@@ -268,13 +257,7 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
         xt=xt, wt=wt, ot=ot, el=ot.element_type, n=n, c=c, kh=kh, kw=kw, oh=oh, ow=ow, f=f, k=c * kh * kw,
         p=oh * ow, sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], r=r, pb=oh // r, nc=r * ow,
         rs=r * strides[0])
-    with module.context, ir.Location.unknown():
-        module.body.append(ir.Operation.parse(text))
-        with ir.InsertionPoint(conv):
-            call = func_d.CallOp([ot], "tme_conv", list(conv.operands)[:3])
-        conv.results[0].replace_all_uses_with(call.results[0])
-        conv.erase()
-    _run(module, ["inline", "canonicalize"], "conv_to_gemm")
+    _replace_with_call(module, conv, text, "tme_conv", list(conv.operands)[:3], ot, "conv_to_gemm")
     return True
 
 
