@@ -1,4 +1,4 @@
-"""get_kernel(key, ...): a cache hit returns at once; a miss is compiled and qualified in the worker, then JIT-loaded."""
+"""get_kernel(key, ...): a hit returns at once; a miss is compiled and qualified in the worker, then JIT-loaded."""
 from __future__ import annotations
 
 import atexit

@@ -103,11 +103,10 @@ def decomposition_for(func) -> dict:
 
 # Per-channel ops whose spatial dims may be traced as one (x viewed as N x C x H*W, the result viewed back): the
 # kernel's inner loop then runs over H*W contiguous elements instead of W (7, 14, 28), which LLVM vectorizes
-# (batch norm at 28x28: 30 us -> see benchmarks).
-_SPATIAL_FLAT = frozenset(getattr(torch.ops.aten, name).default if "." not in name else
-                          getattr(getattr(torch.ops.aten, name.split(".")[0]), name.split(".")[1])
-                          for name in ("native_batch_norm", "_native_batch_norm_legit_no_training",
-                                       "_native_batch_norm_legit.default", "_native_batch_norm_legit.no_stats"))
+# (eval batch norm at 1x128x28x28: 30 us -> 13 us).
+_aten = torch.ops.aten
+_SPATIAL_FLAT = frozenset({_aten.native_batch_norm.default, _aten._native_batch_norm_legit_no_training.default,
+                           _aten._native_batch_norm_legit.default, _aten._native_batch_norm_legit.no_stats})
 
 
 def decomposed_graph(func, args, kwargs, tensors, perms=None) -> tuple:
@@ -133,7 +132,7 @@ def decomposed_graph(func, args, kwargs, tensors, perms=None) -> tuple:
         return tuple(x for x in (r if isinstance(r, (tuple, list)) else (r,)) if x.numel() > 0)
 
     try:
-        bases = [t if not perms or p is None else t.permute(p) for t, p in zip(tensors, perms or [None] * len(tensors))]
+        bases = tensors if not perms else [t if p is None else t.permute(p) for t, p in zip(tensors, perms)]
         gm = make_fx(fn, decomposition_table=decomposition_for(func), tracing_mode="fake")(*bases)
     except Exception as e:
         raise CompileFailure("import", f"decomposition: {type(e).__name__}: {e}") from None
