@@ -197,7 +197,9 @@ def main(argv=None) -> int:
 
     summary = []
     t_start = time.perf_counter()
-    print(f"threads: torch {torch.get_num_threads()} of {os.cpu_count()} cores; torch {torch.__version__}")
+    from torch_mlir_eager import schedules
+    print(f"threads: torch {torch.get_num_threads()} of {os.cpu_count()} cores; torch {torch.__version__}; "
+          f"vector registers: {'AVX-512' if schedules.avx512() else 'AVX2 or narrower'} (register tiles follow them)")
 
     rows, s = hot_path(n)
     print("\n1. hot path (us per call)\n" + f"{'call':<16}{'native':>10}{'lean':>10}{'mlir':>10}{'mlir/lean':>11}")
