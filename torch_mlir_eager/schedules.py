@@ -55,11 +55,18 @@ CONV2D_HEAD = """
 COL_FORALL = ("%col_t, %col_forall = transform.structured.tile_using_forall %col num_threads [{counts}]"
               " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)")
 
+# The body of every GEMM generic below: acc + a * b.
+MAC = """    ^bb0(%a: {el}, %b: {el}, %acc: {el}):
+      %m = arith.mulf %a, %b : {el}
+      %s = arith.addf %acc, %m : {el}
+      linalg.yield %s : {el}"""
+
 # The conv as im2col + GEMM, written with plain affine maps: the copy reads x[n, c, oh*s + kh*d, ow*s + kw*d] into
-# col[n, c, kh, kw, oh, ow] (contiguous along ow when the stride is 1, so LLVM vectorizes it; no floordiv/mod as
-# in upstream `convert_conv2d_to_img2col`, whose gather stayed scalar and serial). Viewed as [n, c*kh*kw, oh*ow],
-# col is the GEMM's right-hand side; the weight [f, c*kh*kw] its left-hand side; the conv's init (bias) its
-# accumulator.
+# col[n, pb, c, kh, kw, rr, ow] for output row oh = pb * r + rr: column panels of r whole output rows, each panel
+# one contiguous [c*kh*kw, r*ow] block (contiguous along ow when the stride is 1, so LLVM vectorizes the copy; no
+# floordiv/mod as in upstream `convert_conv2d_to_img2col`, whose gather stayed scalar and serial). Viewed as
+# [n, pb, c*kh*kw, r*ow], col is the GEMM's right-hand side; the weight [f, c*kh*kw] its left-hand side; the
+# conv's init (bias) its accumulator.
 CONV_AS_GEMM = """
 func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
   %e = tensor.empty() : tensor<{n}x{pb}x{c}x{kh}x{kw}x{r}x{ow}x{el}>
@@ -84,10 +91,7 @@ func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
       iterator_types = ["parallel", "parallel", "parallel", "parallel", "reduction"]}}
       ins(%w2, %colm : tensor<{f}x{k}x{el}>, tensor<{n}x{pb}x{k}x{nc}x{el}>)
       outs(%i2 : tensor<{n}x{f}x{pb}x{nc}x{el}>) {{
-    ^bb0(%a: {el}, %b: {el}, %acc: {el}):
-      %m = arith.mulf %a, %b : {el}
-      %s = arith.addf %acc, %m : {el}
-      linalg.yield %s : {el}
+{mac}
   }} -> tensor<{n}x{f}x{pb}x{nc}x{el}>
   %r1 = tensor.collapse_shape %r [[0], [1], [2, 3]] : tensor<{n}x{f}x{pb}x{nc}x{el}> into tensor<{n}x{f}x{p}x{el}>
   %r2 = tensor.expand_shape %r1 [[0], [1], [2, 3]] output_shape [{n}, {f}, {oh}, {ow}]
@@ -120,10 +124,7 @@ func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
                        affine_map<(n, f, p, k) -> (n, f, p)>],
       iterator_types = ["parallel", "parallel", "parallel", "reduction"]}}
       ins(%w2, %colm : tensor<{f}x{k}x{el}>, tensor<{n}x{p}x{k}x{el}>) outs(%i1 : tensor<{n}x{f}x{p}x{el}>) {{
-    ^bb0(%a: {el}, %b: {el}, %acc: {el}):
-      %m = arith.mulf %a, %b : {el}
-      %s = arith.addf %acc, %m : {el}
-      linalg.yield %s : {el}
+{mac}
   }} -> tensor<{n}x{f}x{p}x{el}>
   %r2 = tensor.expand_shape %r [[0], [1], [2, 3]] output_shape [{n}, {f}, {oh}, {ow}]
     : tensor<{n}x{f}x{p}x{el}> into {ot}
@@ -170,16 +171,13 @@ def _dot_script(head: str, tiles: list, split: list, kv: int = 16) -> str:
 # A matmul whose right-hand side is the transpose of an input (a linear layer's weight.t(), attention's
 # k.transpose(-1, -2)), both operands contiguous along k: the dot-product form reads the weight rows directly.
 MATMUL_T = """
-func.func private @tme_mm(%a: {at}, %w: {wt}, %init: {ot}) -> {ot} {{
+func.func private @tme_mm(%lhs: {at}, %rhs: {wt}, %init: {ot}) -> {ot} {{
   %r = linalg.generic {{tme.gemm,
       indexing_maps = [affine_map<({dims}, k) -> ({bd}m, k)>, affine_map<({dims}, k) -> ({bd}n, k)>,
                        affine_map<({dims}, k) -> ({dims})>],
       iterator_types = [{par}"parallel", "parallel", "reduction"]}}
-      ins(%a, %w : {at}, {wt}) outs(%init : {ot}) {{
-    ^bb0(%x: {el}, %y: {el}, %acc: {el}):
-      %m = arith.mulf %x, %y : {el}
-      %s = arith.addf %acc, %m : {el}
-      linalg.yield %s : {el}
+      ins(%lhs, %rhs : {at}, {wt}) outs(%init : {ot}) {{
+{mac}
   }} -> {ot}
   return %r : {ot}
 }}
@@ -227,8 +225,9 @@ def fold_transposed_rhs(module) -> bool:
         w = _transposed_rhs(mm)
         at, wt, ot = (ir.RankedTensorType(v.type) for v in (mm.operands[0], w, mm.operands[2]))
         batch = mm.name == "linalg.batch_matmul"
-        text = MATMUL_T.format(at=at, wt=wt, ot=ot, el=ot.element_type, dims="b, m, n" if batch else "m, n",
-                               bd="b, " if batch else "", par='"parallel", ' if batch else "")
+        text = MATMUL_T.format(mac=MAC.format(el=ot.element_type), at=at, wt=wt, ot=ot,
+                               dims="b, m, n" if batch else "m, n", bd="b, " if batch else "",
+                               par='"parallel", ' if batch else "")
         operands = [mm.operands[0], w, mm.operands[2]]
     _replace_with_call(module, mm, text, "tme_mm", operands, ot, "fold_transposed_rhs")
     return True
@@ -254,9 +253,9 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
     if oh % r:
         return False
     text = (CONV_AS_DOT if dot else CONV_AS_GEMM).format(
-        xt=xt, wt=wt, ot=ot, el=ot.element_type, n=n, c=c, kh=kh, kw=kw, oh=oh, ow=ow, f=f, k=c * kh * kw,
-        p=oh * ow, sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], r=r, pb=oh // r, nc=r * ow,
-        rs=r * strides[0])
+        mac=MAC.format(el=ot.element_type), xt=xt, wt=wt, ot=ot, el=ot.element_type, n=n, c=c, kh=kh, kw=kw,
+        oh=oh, ow=ow, f=f, k=c * kh * kw, p=oh * ow, sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], r=r,
+        pb=oh // r, nc=r * ow, rs=r * strides[0])
     _replace_with_call(module, conv, text, "tme_conv", list(conv.operands)[:3], ot, "conv_to_gemm")
     return True
 
