@@ -12,8 +12,9 @@ TORCH_TO_LINALG = [
     "torch-backend-to-linalg-on-tensors-backend-pipeline",
 ]
 
-# A step of a pipeline list that is not a pass: `static_scratch` runs there.
-SCRATCH = "{static-scratch}"
+# A step of a pipeline list that is not a pass: after bufferization, `write_results_in_place` and then
+# `static_scratch` rewrite the buffers there.
+BUFFER_REWRITES = "{buffer-rewrites}"
 
 # Linalg-on-tensors -> LLVM dialect, plain loops (LLVM O3 vectorizes the simple ones). Destination-passing style:
 # results become trailing out-params the caller allocates.
@@ -30,7 +31,7 @@ LINALG_TO_LLVM = [
     # Without modify-public-functions the public @main keeps returning its result.
     "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true}",
     "canonicalize",
-    SCRATCH,
+    BUFFER_REWRITES,
     # Temporaries (and the result copy the hoisting leaves behind) get freed: no leak per call.
     "ownership-based-buffer-deallocation",
     "canonicalize",
@@ -179,16 +180,16 @@ def diagnostic(e: Exception) -> str:
 
 
 def run(module, passes, category: str) -> None:
-    """Run a pipeline list; SCRATCH entries split it and run `static_scratch` in between."""
+    """Run a pipeline list; a BUFFER_REWRITES entry splits it and runs the buffer rewrites in between."""
     from torch_mlir import passmanager
-    if SCRATCH in passes:
-        i = passes.index(SCRATCH)
+    if BUFFER_REWRITES in passes:
+        i = passes.index(BUFFER_REWRITES)
         run(module, passes[:i], category)
         try:
             write_results_in_place(module)
             static_scratch(module)
         except Exception as e:
-            raise CompileFailure(category, f"static_scratch: {type(e).__name__}: {e}") from None
+            raise CompileFailure(category, f"buffer rewrites: {type(e).__name__}: {e}") from None
         run(module, passes[i + 1:], category)
         return
     if not passes:

@@ -11,7 +11,7 @@ import functools
 from typing import Optional
 
 from .errors import CompileFailure
-from .lowering import SCRATCH, find_ops, mark_inputs_readonly, noalias_inputs
+from .lowering import BUFFER_REWRITES, find_ops, mark_inputs_readonly, noalias_inputs
 
 # Every schedule: a family-specific head finds the op (%{target}0) and may split it across threads (%{target});
 # the shared tail tiles it to a register tile with a k step of 1, vectorizes only that tile, and lowers the
@@ -308,7 +308,7 @@ BUFFERIZE = [
     "canonicalize",      # folds expand_shape(collapse_shape(alloc)) so that the result is an alloc to hoist
     "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true}",
     "canonicalize", "cse",
-    SCRATCH,
+    BUFFER_REWRITES,
     "ownership-based-buffer-deallocation", "canonicalize", "buffer-deallocation-simplification",
     "bufferization-lower-deallocations", "canonicalize",
 ]
