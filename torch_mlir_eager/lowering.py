@@ -158,6 +158,173 @@ def _in_parallel_region(op) -> bool:
     return False
 
 
+# Vectorizable f32 exp and erf, inlined where math.exp / math.erf were: LLVM lowers those to calls of libm's scalar
+# expf / erff, which keep every loop that uses them scalar (softmax 4x128x128: 165 us against native's 20). The
+# wheel has no polynomial-approximation pass, so the expansions are written here, in arith ops LLVM vectorizes.
+# exp: Cody-Waite reduction x = n ln2 + r, a degree-6 polynomial for e^r (Cephes' coefficients, about 1 ulp), and
+# 2^n applied in two halves so that results down to subnormals and up to overflow come out right. NaN stays NaN.
+EXP_F32 = """
+func.func private @tme_exp_f32(%x0: f32) -> f32 {
+  %lo = arith.constant -104.0 : f32
+  %hi = arith.constant 89.0 : f32
+  %x1 = arith.maximumf %x0, %lo : f32
+  %x = arith.minimumf %x1, %hi : f32
+  %log2e = arith.constant 1.44269504088896341 : f32
+  %half = arith.constant 0.5 : f32
+  %t0 = arith.mulf %x, %log2e : f32
+  %t1 = arith.addf %t0, %half : f32
+  %fn = math.floor %t1 : f32
+  %ln2hi = arith.constant 0.693359375 : f32
+  %ln2lo = arith.constant -2.12194440e-4 : f32
+  %r0 = arith.mulf %fn, %ln2hi : f32
+  %r1 = arith.subf %x, %r0 : f32
+  %r2 = arith.mulf %fn, %ln2lo : f32
+  %r = arith.subf %r1, %r2 : f32
+  %p0 = arith.constant 1.9875691500e-4 : f32
+  %p1 = arith.constant 1.3981999507e-3 : f32
+  %p2 = arith.constant 8.3334519073e-3 : f32
+  %p3 = arith.constant 4.1665795894e-2 : f32
+  %p4 = arith.constant 1.6666665459e-1 : f32
+  %p5 = arith.constant 5.0000001201e-1 : f32
+  %one = arith.constant 1.0 : f32
+  %a0 = arith.mulf %p0, %r : f32
+  %a1 = arith.addf %a0, %p1 : f32
+  %b0 = arith.mulf %a1, %r : f32
+  %b1 = arith.addf %b0, %p2 : f32
+  %c0 = arith.mulf %b1, %r : f32
+  %c1 = arith.addf %c0, %p3 : f32
+  %d0 = arith.mulf %c1, %r : f32
+  %d1 = arith.addf %d0, %p4 : f32
+  %e0 = arith.mulf %d1, %r : f32
+  %e1 = arith.addf %e0, %p5 : f32
+  %rr = arith.mulf %r, %r : f32
+  %f0 = arith.mulf %e1, %rr : f32
+  %f1 = arith.addf %f0, %r : f32
+  %poly = arith.addf %f1, %one : f32
+  %n = arith.fptosi %fn : f32 to i32
+  %c1i = arith.constant 1 : i32
+  %bias = arith.constant 127 : i32
+  %c23 = arith.constant 23 : i32
+  %n1 = arith.shrsi %n, %c1i : i32
+  %n2 = arith.subi %n, %n1 : i32
+  %e1i = arith.addi %n1, %bias : i32
+  %e2i = arith.addi %n2, %bias : i32
+  %s1i = arith.shli %e1i, %c23 : i32
+  %s2i = arith.shli %e2i, %c23 : i32
+  %s1 = arith.bitcast %s1i : i32 to f32
+  %s2 = arith.bitcast %s2i : i32 to f32
+  %y0 = arith.mulf %poly, %s1 : f32
+  %y = arith.mulf %y0, %s2 : f32
+  %nan = arith.cmpf uno, %x0, %x0 : f32
+  %res = arith.select %nan, %x0, %y : f32
+  return %res : f32
+}
+"""
+
+# erf: x P(x^2) / Q(x^2) on x clamped to [-4, 4] (erf is +-1 in f32 beyond), the rational form Eigen and XLA use
+# for f32 (about 1e-7 absolute). NaN stays NaN (minimumf / maximumf propagate it).
+ERF_F32 = """
+func.func private @tme_erf_f32(%x0: f32) -> f32 {
+  %lo = arith.constant -4.0 : f32
+  %hi = arith.constant 4.0 : f32
+  %x1 = arith.maximumf %x0, %lo : f32
+  %x = arith.minimumf %x1, %hi : f32
+  %x2 = arith.mulf %x, %x : f32
+  %a13 = arith.constant -2.72614225801306e-10 : f32
+  %a11 = arith.constant 2.77068142495902e-08 : f32
+  %a9 = arith.constant -2.10102402082508e-06 : f32
+  %a7 = arith.constant -5.69250639462346e-05 : f32
+  %a5 = arith.constant -7.34990630326855e-04 : f32
+  %a3 = arith.constant -2.95459980854025e-03 : f32
+  %a1 = arith.constant -1.60960333262415e-02 : f32
+  %p0 = arith.mulf %x2, %a13 : f32
+  %p1 = arith.addf %p0, %a11 : f32
+  %p2 = arith.mulf %x2, %p1 : f32
+  %p3 = arith.addf %p2, %a9 : f32
+  %p4 = arith.mulf %x2, %p3 : f32
+  %p5 = arith.addf %p4, %a7 : f32
+  %p6 = arith.mulf %x2, %p5 : f32
+  %p7 = arith.addf %p6, %a5 : f32
+  %p8 = arith.mulf %x2, %p7 : f32
+  %p9 = arith.addf %p8, %a3 : f32
+  %p10 = arith.mulf %x2, %p9 : f32
+  %p11 = arith.addf %p10, %a1 : f32
+  %p = arith.mulf %x, %p11 : f32
+  %b8 = arith.constant -1.45660718464996e-05 : f32
+  %b6 = arith.constant -2.13374055278905e-04 : f32
+  %b4 = arith.constant -1.68282697438203e-03 : f32
+  %b2 = arith.constant -7.37332916720468e-03 : f32
+  %b0 = arith.constant -1.42647390514189e-02 : f32
+  %q0 = arith.mulf %x2, %b8 : f32
+  %q1 = arith.addf %q0, %b6 : f32
+  %q2 = arith.mulf %x2, %q1 : f32
+  %q3 = arith.addf %q2, %b4 : f32
+  %q4 = arith.mulf %x2, %q3 : f32
+  %q5 = arith.addf %q4, %b2 : f32
+  %q6 = arith.mulf %x2, %q5 : f32
+  %q = arith.addf %q6, %b0 : f32
+  %res = arith.divf %p, %q : f32
+  return %res : f32
+}
+"""
+
+EXPANSIONS = {("math.exp", "f32"): ("tme_exp_f32", EXP_F32), ("math.erf", "f32"): ("tme_erf_f32", ERF_F32)}
+
+
+def expand_math(module) -> int:
+    """Replace f32 math.exp / math.erf anywhere in a Linalg module (generic bodies included) by EXP_F32 /
+    ERF_F32, inlined. Returns how many ops were replaced."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import func as func_d
+    ops = find_ops(module, lambda op: (op.name, str(op.results[0].type) if len(op.results) == 1 else "")
+                   in EXPANSIONS)
+    if not ops:
+        return 0
+    with module.context, ir.Location.unknown():
+        defined = set()
+        for op in ops:
+            name, text = EXPANSIONS[(op.name, str(op.results[0].type))]
+            if name not in defined:
+                module.body.append(ir.Operation.parse(text))
+                defined.add(name)
+            with ir.InsertionPoint(op):
+                call = func_d.CallOp([op.results[0].type], name, [op.operands[0]])
+            op.results[0].replace_all_uses_with(call.results[0])
+            op.erase()
+    run(module, ["inline", "symbol-dce"], "lowering")
+    return len(ops)
+
+
+# The ops that combine an element into a reduction's accumulator (the block argument of a reduction generic's init).
+COMBINERS = frozenset({"arith.addf", "arith.mulf", "arith.maximumf", "arith.minimumf", "arith.maxnumf",
+                       "arith.minnumf"})
+
+
+def reassociate_reductions(module) -> int:
+    """Mark each float reduction's combining op (acc = acc + x in a generic with a reduction dim) `reassoc`: LLVM
+    then vectorizes the loop with one partial result per lane, where it otherwise adds one element at a time in
+    order (sum over 256x1024 rows: 119 us instead of 8.6; layer norm 128x256: 34 us instead of 13). PyTorch's
+    own CPU reductions are vectorized the same way, so neither order is the "right" one; results stay within the
+    qualifying tolerance. Only the combining op is marked, not the math feeding it (an inlined exp stays exact).
+    Returns how many ops were marked."""
+    from torch_mlir import ir
+    generics = find_ops(module, lambda op: op.name == "linalg.generic"
+                        and "reduction" in str(op.attributes["iterator_types"]))
+    marked = 0
+    with module.context:
+        fm = ir.Attribute.parse("#arith.fastmath<reassoc,contract>")
+        for g in generics:
+            block = g.regions[0].blocks[0]
+            n_out = len(g.results)
+            accs = list(block.arguments)[len(block.arguments) - n_out:]
+            for op in block.operations:
+                op = op.operation
+                if op.name in COMBINERS and any(v == a for v in op.operands for a in accs):
+                    op.attributes["fastmath"] = fm
+                    marked += 1
+    return marked
+
+
 def pipeline_text(passes) -> str:
     return "builtin.module(" + ",".join(passes) + ")"
 

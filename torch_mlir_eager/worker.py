@@ -178,6 +178,8 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     module = importer.import_graph(ctx, graph)
     t1 = time.perf_counter()
     lowering.to_linalg(module)
+    lowering.expand_math(module)
+    lowering.reassociate_reductions(module)
     bases = tensors if perms is None else [t if p is None else t.permute(p) for t, p in zip(tensors, perms)]
     in_metas = [TensorMeta(t.shape, t.dtype) for t in bases]
     out_metas = [TensorMeta.of(n) for n in natives]

@@ -61,3 +61,34 @@ def test_batch_norm_eval_matches_native(hw):
     tme.wrap(bn)
     got = _through_mlir(bn, x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _wide_f32_range(n: int = 1 << 18) -> torch.Tensor:
+    """Float32 values spread over the whole range by bit pattern, plus the edges of exp and erf."""
+    bits = torch.linspace(0, 2**32 - 1, n, dtype=torch.float64).to(torch.int64)
+    x = (bits - (bits >= 2**31).to(torch.int64) * 2**32).to(torch.int32).view(torch.float32)
+    edges = torch.tensor([0., -0., float("inf"), -float("inf"), float("nan"), 88.72283, 88.7229, 89., -87.33,
+                          -103.9, -104.5, 1e-30, -1e-30, 1e-45, 3.9, 4.1, -4.1, 0.5, -0.5])
+    return torch.cat([x, edges, torch.linspace(-12, 12, 4099)])
+
+
+@pytest.mark.parametrize("fn,limit,atol", [(torch.exp, None, 1e-37), (torch.erf, None, 1e-37),
+                                           (torch.sigmoid, None, 1e-37), (torch.nn.functional.gelu, 1e30, 2e-6)],
+                         ids=["exp", "erf", "sigmoid", "gelu"])
+def test_vectorized_exp_and_erf_match_native_over_the_float_range(fn, limit, atol):
+    # exp and erf are our own polynomial expansions (lowering.expand_math), not libm: every float32 class
+    # (subnormal results, overflow, infinities, NaN) must give PyTorch's answer. (gelu: native computes x * (1 +
+    # erf) first and overflows to inf above 1.7e38 where torch-mlir's order does not; kept below that.)
+    x = _wide_f32_range()
+    if limit is not None:
+        x = x[~(x.abs() > limit)]
+    got = _through_mlir(fn, x)
+    torch.testing.assert_close(got, fn(x), rtol=2e-6, atol=atol, equal_nan=True)
+
+
+def test_reductions_in_vectorized_order_match_native():
+    torch.manual_seed(0)
+    x = torch.randn(64, 1000) * 100
+    for fn in (lambda t: t.sum(1), lambda t: t.amax(1), lambda t: torch.softmax(t / 100, -1),
+               lambda t: torch.logsumexp(t / 100, -1), lambda t: torch.nn.functional.layer_norm(t, (1000,))):
+        torch.testing.assert_close(_through_mlir(fn, x), fn(x), rtol=1e-4, atol=1e-4)

@@ -99,3 +99,32 @@ def test_result_computed_through_a_reshape_is_written_in_place(ctx):
     assert lowering.write_results_in_place(m) == 1
     text = str(m)
     assert "memref.alloc" not in text and text.count("memref.copy") == 1 and "memref.collapse_shape %arg1" in text
+
+
+def test_exp_and_erf_are_expanded_inline(ctx):
+    m = _parse(ctx, """func.func @main(%x: f32, %y: f64) -> (f32, f32, f64) {
+      %a = math.exp %x : f32
+      %b = math.erf %x : f32
+      %c = math.exp %y : f64
+      return %a, %b, %c : f32, f32, f64 }""")
+    assert lowering.expand_math(m) == 2
+    text = str(m)
+    # f32 exp and erf became arith ops in @main (no call, no helper function left); f64 keeps libm's exp
+    assert "math.exp %arg1 : f64" in text and "math.erf" not in text and text.count("math.exp") == 1
+    assert "call" not in text and "tme_exp_f32" not in text and "arith.divf" in text
+
+
+def test_only_the_reduction_combiner_is_reassociated(ctx):
+    m = _parse(ctx, """func.func @main(%x: tensor<4x8xf32>, %init: tensor<4xf32>) -> tensor<4xf32> {
+      %r = linalg.generic {indexing_maps = [affine_map<(i, j) -> (i, j)>, affine_map<(i, j) -> (i)>],
+          iterator_types = ["parallel", "reduction"]} ins(%x : tensor<4x8xf32>) outs(%init : tensor<4xf32>) {
+      ^bb0(%in: f32, %acc: f32):
+        %sq = arith.mulf %in, %in : f32
+        %s = arith.addf %acc, %sq : f32
+        linalg.yield %s : f32
+      } -> tensor<4xf32>
+      return %r : tensor<4xf32> }""")
+    assert lowering.reassociate_reductions(m) == 1
+    text = str(m)
+    assert "arith.addf %out, %1 fastmath<reassoc,contract> : f32" in text
+    assert "arith.mulf %in, %in : f32" in text         # the math feeding the sum keeps its rounding
