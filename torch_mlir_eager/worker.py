@@ -70,9 +70,10 @@ TAKES_TRANSPOSED = frozenset({"aten.mm.default", "aten.addmm.default", "aten.bmm
 
 def _transposed_rhs_perms(func, tensors, natives):
     """Per tensor, the permutation to its contiguous base where the kernel should take the matmul's right-hand side
-    untransposed (schedules' dot-product form); None for the usual contiguous inputs. Measured here: the dot form
-    wins for few rows (a linear layer at batch 1: 17 us instead of a 670 us weight copy) and for K >= 512; for
-    128 rows and K = 256 the transposed copy plus the outer-product GEMM is faster (305 vs 387 us)."""
+    untransposed; None for the usual contiguous inputs. The scheduled kernel reads the base itself: the dot-product
+    form for few rows (a linear layer at batch 1: 15 us instead of a 670 us weight copy), else a packing copy into
+    the GEMM's panels (schedules.MATMUL_PACKED; BERT's 128x256 by 1024 linear: 277 us instead of 472 with
+    PyTorch's transposed copy first)."""
     from .kernel import base_permutation
     if str(func) not in TAKES_TRANSPOSED or not tensors or not natives or natives[0].dim() < 2:
         return None
@@ -81,8 +82,6 @@ def _transposed_rhs_perms(func, tensors, natives):
     n = rhs.dim()
     if p is None or list(p) != list(range(n - 2)) + [n - 1, n - 2]:
         return None
-    if not (natives[0].shape[-2] <= 16 or rhs.shape[-2] >= 512) or rhs.shape[-2] % 16:
-        return None       # (the dot-product schedule steps k by whole vectors)
     return [None] * (len(tensors) - 1) + [p]
 
 
@@ -168,7 +167,7 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     inject = req.get("inject", "")
     t0 = time.perf_counter()
     build = importer.decomposed_graph if decompose else importer.one_node_graph
-    perms = _transposed_rhs_perms(func, tensors, natives)
+    perms = _transposed_rhs_perms(func, tensors, natives) if req.get("schedules", True) else None
     if perms is not None:
         info["input_perms"] = perms
     graph, fakes = build(func, args, kwargs, tensors, perms)

@@ -1,6 +1,6 @@
 """The scheduled kernel families end to end through TorchMLIRTensor, against native PyTorch: conv panels, the
-dot-product conv and matmul forms (a transposed weight taken as its contiguous base), batch norm on flattened
-spatial dims."""
+dot-product conv and matmul forms and the packed matmul (a transposed weight taken as its contiguous base), batch
+norm on flattened spatial dims, the vectorized exp / erf expansions and reassociated reductions."""
 import pytest
 import torch
 
@@ -29,7 +29,7 @@ def test_conv_matches_native(shape, weight, stride, pad):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("rows,k", [(1, 512), (2, 64), (8, 1024)])
+@pytest.mark.parametrize("rows,k", [(1, 512), (2, 64), (8, 1024), (64, 96), (128, 256)])
 def test_linear_with_transposed_weight_matches_native(rows, k):
     torch.manual_seed(0)
     x, w, b = torch.randn(rows, k), torch.randn(48, k) * 0.1, torch.randn(48)
@@ -43,9 +43,10 @@ def test_linear_with_transposed_weight_matches_native(rows, k):
                                torch.nn.functional.linear(x2, w, b), rtol=1e-4, atol=1e-4)
 
 
-def test_attention_scores_with_transposed_keys_match_native():
+@pytest.mark.parametrize("s,d", [(16, 512), (40, 64)])
+def test_attention_scores_with_transposed_keys_match_native(s, d):
     torch.manual_seed(0)
-    q, k = torch.randn(2, 16, 512), torch.randn(2, 16, 512)
+    q, k = torch.randn(2, s, d), torch.randn(2, s, d)
     f = lambda q, k: q @ k.transpose(-1, -2)
     torch.testing.assert_close(_through_mlir(f, q, k), f(q, k), rtol=1e-4, atol=1e-4)
 

@@ -99,18 +99,37 @@ def test_conv_columns_come_in_panels_of_whole_rows():
     assert 16 % rows == 0 and rows < 16 and (rows * 16) % nt == 0
 
 
-@pytest.mark.parametrize("args", [(torch.randn(1000), torch.randn(1, 512), torch.randn(1000, 512).t()),
-                                  (torch.randn(64), torch.randn(32, 512), torch.randn(64, 512).t())],
-                         ids=["one-row", "k512"])
-def test_transposed_weight_is_taken_untransposed(ctx, args):
+@pytest.mark.parametrize("args,family", [
+    ((torch.randn(1000), torch.randn(1, 512), torch.randn(1000, 512).t()), "matmul-dot"),    # few rows: dot form
+    ((torch.randn(64), torch.randn(32, 512), torch.randn(64, 512).t()), "matmul-packed"),     # more: packed panels
+    ((torch.randn(96), torch.randn(128, 40), torch.randn(96, 40).t()), "matmul-packed"),      # any K
+], ids=["one-row", "rows32", "k40"])
+def test_transposed_weight_is_taken_untransposed(ctx, args, family):
     r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}, "threads": 2})
     assert "ok" in r, r
-    assert r["info"]["schedule"] == "matmul-dot" and r["info"]["input_perms"] == [None, None, (1, 0)]
+    assert r["info"]["schedule"] == family and r["info"]["input_perms"] == [None, None, (1, 0)]
     assert [tuple(m.shape) for m in r["ok"][1]] == [tuple(args[0].shape), tuple(args[1].shape), (args[2].shape[1],
                                                                                                args[2].shape[0])]
 
 
-def test_wide_rows_small_k_keep_the_transposed_copy(ctx):
+def test_without_schedules_a_transposed_weight_is_copied_by_pytorch(ctx):
     args = (torch.randn(768), torch.randn(128, 256), torch.randn(768, 256).t())
-    r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}})
-    assert "ok" in r and "input_perms" not in r["info"]
+    r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}, "schedules": False})
+    assert "ok" in r and "input_perms" not in r["info"] and r["info"]["schedule"] == "plain"
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_packed_matmul_matches_native(ctx, transposed):
+    from torch_mlir_eager.kernel import Kernel, TensorMeta
+    torch.manual_seed(0)
+    a = torch.randn(3, 24, 40)
+    b = torch.randn(3, 64, 40).transpose(1, 2) if transposed else torch.randn(3, 40, 64)
+    perms = [None, (0, 2, 1)] if transposed else None
+    base = b.transpose(1, 2) if transposed else b          # what the kernel takes: contiguous either way
+    m = importer.import_graph(ctx, importer.one_node_graph(aten.bmm.default, (a, b), {}, [a, b], perms)[0])
+    lowering.to_linalg(m)
+    sched = schedules.select(m, 2) if transposed else schedules._packed_schedule((3, 24, 64), 40, 2)
+    assert sched.family == "matmul-packed"
+    k = Kernel(str(schedules.to_llvm(m, sched)), [TensorMeta.of(a), TensorMeta.of(base)],
+               [TensorMeta((3, 24, 64), torch.float32)])
+    torch.testing.assert_close(k([a, base])[0], torch.bmm(a, b), rtol=1e-4, atol=1e-4)
