@@ -189,7 +189,7 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     sched = schedules.select(module, req.get("threads", 1)) if req.get("schedules", True) else None
     if sched is not None:
         try:
-            llvm_ir = str(schedules.to_llvm(module, sched))
+            llvm_ir = str(schedules.to_llvm(module, sched, noalias=not info["inplace_safe"]))
             t3 = time.perf_counter()
             _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject, perms)
             times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3)

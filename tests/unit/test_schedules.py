@@ -133,3 +133,15 @@ def test_packed_matmul_matches_native(ctx, transposed):
     k = Kernel(str(schedules.to_llvm(m, sched)), [TensorMeta.of(a), TensorMeta.of(base)],
                [TensorMeta((3, 24, 64), torch.float32)])
     torch.testing.assert_close(k([a, base])[0], torch.bmm(a, b), rtol=1e-4, atol=1e-4)
+
+
+def test_large_elementwise_ops_are_split_across_threads_and_reductions_are_not(ctx):
+    x, y = torch.randn(1, 64, 56, 56), torch.randn(1, 64, 56, 56)
+    r = worker.compile_request(ctx, {"op": "aten.add.Tensor", "args": (x, y), "kwargs": {}, "threads": 2})
+    assert "ok" in r and r["info"]["schedule"] == "split-loops", r.get("info")
+    r = worker.compile_request(ctx, {"op": "aten._softmax.default", "args": (x, -1, False), "kwargs": {},
+                                     "threads": 2})
+    assert "ok" in r and r["info"]["schedule"] == "plain"
+    small = torch.randn(8, 8)
+    r = worker.compile_request(ctx, {"op": "aten.relu.default", "args": (small,), "kwargs": {}, "threads": 2})
+    assert "ok" in r and r["info"]["schedule"] == "plain"
