@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Optional
 
-from . import config
+from . import config, schedules
 from .cache import KernelCache
 from .errors import CompileFailure
 from .worker import _HEADER, send
@@ -165,10 +165,10 @@ def compile_kernel(key, func, args, kwargs, tensors):
             try:
                 reply = _worker.compile(request)
             except CompileFailure as e:
-                if e.category not in ("timeout", "crash") or not request["schedules"]:
+                if e.category not in ("timeout", "crash") or not request["schedules"] \
+                        or not schedules.may_apply(request["op"]):
                     raise
-                # A schedule (any op may get one: split-loops) may be what hung or crashed: once more with plain
-                # loops only.
+                # A schedule may be what hung or crashed: once more with plain loops only.
                 log.info("compile %s: %s; retrying without schedules", func, e)
                 reply = _worker.compile(dict(request, schedules=False))
         except CompileFailure:

@@ -508,6 +508,17 @@ THREADED = "scf-forall-to-parallel,convert-scf-to-openmp{{num-threads={n}}},cano
 SERIAL = "scf-forall-to-for"
 
 
+# The aten ops whose modules a contraction schedule may serve: the parent retries these without schedules after a
+# crash or time-out (for other ops a retry would mostly repeat the failure; split-loops, which may serve any op,
+# is plain loops cut in slices, and a crash there stays a recorded fallback).
+FAMILY_OPS = frozenset({"aten.convolution.default", "aten.mm.default", "aten.addmm.default", "aten.bmm.default",
+                        "aten.baddbmm.default"})
+
+
+def may_apply(op_name: str) -> bool:
+    return op_name in FAMILY_OPS
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     family: str
