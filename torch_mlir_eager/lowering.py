@@ -158,6 +158,19 @@ def _in_parallel_region(op) -> bool:
     return False
 
 
+def _horner(out: str, x: str, coeffs) -> str:
+    """MLIR lines computing %out = polynomial in %x (f32), highest coefficient first, by Horner's rule."""
+    lines = [f"  %{out}_c0 = arith.constant {coeffs[0]!r} : f32"]
+    acc = f"%{out}_c0"
+    for i, c in enumerate(coeffs[1:], 1):
+        step = f"%{out}" if i == len(coeffs) - 1 else f"%{out}_a{i}"
+        lines += [f"  %{out}_c{i} = arith.constant {c!r} : f32",
+                  f"  %{out}_m{i} = arith.mulf {acc}, %{x} : f32",
+                  f"  {step} = arith.addf %{out}_m{i}, %{out}_c{i} : f32"]
+        acc = step
+    return "\n".join(lines) + "\n"
+
+
 # Vectorizable f32 exp and erf, inlined where math.exp / math.erf were: LLVM lowers those to calls of libm's scalar
 # expf / erff, which keep every loop that uses them scalar (softmax 4x128x128: 165 us against native's 20). The
 # wheel has no polynomial-approximation pass, so the expansions are written here, in arith ops LLVM vectorizes.
@@ -180,25 +193,11 @@ func.func private @tme_exp_f32(%x0: f32) -> f32 {
   %r1 = arith.subf %x, %r0 : f32
   %r2 = arith.mulf %fn, %ln2lo : f32
   %r = arith.subf %r1, %r2 : f32
-  %p0 = arith.constant 1.9875691500e-4 : f32
-  %p1 = arith.constant 1.3981999507e-3 : f32
-  %p2 = arith.constant 8.3334519073e-3 : f32
-  %p3 = arith.constant 4.1665795894e-2 : f32
-  %p4 = arith.constant 1.6666665459e-1 : f32
-  %p5 = arith.constant 5.0000001201e-1 : f32
+""" + _horner("e", "r", [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                         5.0000001201e-1]) + """
   %one = arith.constant 1.0 : f32
-  %a0 = arith.mulf %p0, %r : f32
-  %a1 = arith.addf %a0, %p1 : f32
-  %b0 = arith.mulf %a1, %r : f32
-  %b1 = arith.addf %b0, %p2 : f32
-  %c0 = arith.mulf %b1, %r : f32
-  %c1 = arith.addf %c0, %p3 : f32
-  %d0 = arith.mulf %c1, %r : f32
-  %d1 = arith.addf %d0, %p4 : f32
-  %e0 = arith.mulf %d1, %r : f32
-  %e1 = arith.addf %e0, %p5 : f32
   %rr = arith.mulf %r, %r : f32
-  %f0 = arith.mulf %e1, %rr : f32
+  %f0 = arith.mulf %e, %rr : f32
   %f1 = arith.addf %f0, %r : f32
   %poly = arith.addf %f1, %one : f32
   %n = arith.fptosi %fn : f32 to i32
@@ -230,39 +229,12 @@ func.func private @tme_erf_f32(%x0: f32) -> f32 {
   %x1 = arith.maximumf %x0, %lo : f32
   %x = arith.minimumf %x1, %hi : f32
   %x2 = arith.mulf %x, %x : f32
-  %a13 = arith.constant -2.72614225801306e-10 : f32
-  %a11 = arith.constant 2.77068142495902e-08 : f32
-  %a9 = arith.constant -2.10102402082508e-06 : f32
-  %a7 = arith.constant -5.69250639462346e-05 : f32
-  %a5 = arith.constant -7.34990630326855e-04 : f32
-  %a3 = arith.constant -2.95459980854025e-03 : f32
-  %a1 = arith.constant -1.60960333262415e-02 : f32
-  %p0 = arith.mulf %x2, %a13 : f32
-  %p1 = arith.addf %p0, %a11 : f32
-  %p2 = arith.mulf %x2, %p1 : f32
-  %p3 = arith.addf %p2, %a9 : f32
-  %p4 = arith.mulf %x2, %p3 : f32
-  %p5 = arith.addf %p4, %a7 : f32
-  %p6 = arith.mulf %x2, %p5 : f32
-  %p7 = arith.addf %p6, %a5 : f32
-  %p8 = arith.mulf %x2, %p7 : f32
-  %p9 = arith.addf %p8, %a3 : f32
-  %p10 = arith.mulf %x2, %p9 : f32
-  %p11 = arith.addf %p10, %a1 : f32
-  %p = arith.mulf %x, %p11 : f32
-  %b8 = arith.constant -1.45660718464996e-05 : f32
-  %b6 = arith.constant -2.13374055278905e-04 : f32
-  %b4 = arith.constant -1.68282697438203e-03 : f32
-  %b2 = arith.constant -7.37332916720468e-03 : f32
-  %b0 = arith.constant -1.42647390514189e-02 : f32
-  %q0 = arith.mulf %x2, %b8 : f32
-  %q1 = arith.addf %q0, %b6 : f32
-  %q2 = arith.mulf %x2, %q1 : f32
-  %q3 = arith.addf %q2, %b4 : f32
-  %q4 = arith.mulf %x2, %q3 : f32
-  %q5 = arith.addf %q4, %b2 : f32
-  %q6 = arith.mulf %x2, %q5 : f32
-  %q = arith.addf %q6, %b0 : f32
+""" + _horner("pe", "x2", [-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                          -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                          -1.60960333262415e-02]) + """
+  %p = arith.mulf %x, %pe : f32
+""" + _horner("q", "x2", [-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                         -7.37332916720468e-03, -1.42647390514189e-02]) + """
   %res = arith.divf %p, %q : f32
   return %res : f32
 }
