@@ -171,6 +171,12 @@ def _horner(out: str, x: str, coeffs) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _clamped(lo: float, hi: float) -> str:
+    """MLIR lines computing %x = %x0 clamped to [lo, hi]; NaN stays NaN (maximumf / minimumf propagate it)."""
+    return (f"  %lo = arith.constant {lo!r} : f32\n  %hi = arith.constant {hi!r} : f32\n"
+            "  %x1 = arith.maximumf %x0, %lo : f32\n  %x = arith.minimumf %x1, %hi : f32")
+
+
 # Vectorizable f32 exp and erf, inlined where math.exp / math.erf were: LLVM lowers those to calls of libm's scalar
 # expf / erff, which keep every loop that uses them scalar (softmax 4x128x128: 165 us against native's 20). The
 # wheel has no polynomial-approximation pass, so the expansions are written here, in arith ops LLVM vectorizes.
@@ -178,10 +184,7 @@ def _horner(out: str, x: str, coeffs) -> str:
 # 2^n applied in two halves so that results down to subnormals and up to overflow come out right. NaN stays NaN.
 EXP_F32 = """
 func.func private @tme_exp_f32(%x0: f32) -> f32 {
-  %lo = arith.constant -104.0 : f32
-  %hi = arith.constant 89.0 : f32
-  %x1 = arith.maximumf %x0, %lo : f32
-  %x = arith.minimumf %x1, %hi : f32
+""" + _clamped(-104.0, 89.0) + """
   %log2e = arith.constant 1.44269504088896341 : f32
   %half = arith.constant 0.5 : f32
   %t0 = arith.mulf %x, %log2e : f32
@@ -224,10 +227,7 @@ func.func private @tme_exp_f32(%x0: f32) -> f32 {
 # for f32 (about 1e-7 absolute). NaN stays NaN (minimumf / maximumf propagate it).
 ERF_F32 = """
 func.func private @tme_erf_f32(%x0: f32) -> f32 {
-  %lo = arith.constant -4.0 : f32
-  %hi = arith.constant 4.0 : f32
-  %x1 = arith.maximumf %x0, %lo : f32
-  %x = arith.minimumf %x1, %hi : f32
+""" + _clamped(-4.0, 4.0) + """
   %x2 = arith.mulf %x, %x : f32
 """ + _horner("pe", "x2", [-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
                           -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
