@@ -178,9 +178,8 @@ def compile_kernel(key, func, args, kwargs, tensors):
         if "fail" in reply:
             raise CompileFailure(*reply["fail"])
         llvm_ir, ins, outs = reply["ok"]
-        kernel = Kernel(llvm_ir, ins, outs)
-        kernel.inplace_safe = reply["info"].get("inplace_safe") is True
-        kernel.input_perms = reply["info"].get("input_perms")
+        kernel = Kernel(llvm_ir, ins, outs, input_perms=reply["info"].get("input_perms"),
+                        inplace_safe=reply["info"].get("inplace_safe") is True)
     except CompileFailure as e:
         cache().put_failure(key, e)
         log.info("compile %s failed after %.1f ms: %s", func, 1e3 * (time.perf_counter() - t0), e)

@@ -16,7 +16,7 @@ recorder = Recorder()
 
 class OpEntry:
     """Everything the hot path needs about one OpOverload, resolved once (OpOverload hashing is slow Python)."""
-    __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place")
+    __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place", "plain")
 
     def __init__(self, func):
         p = spec.plan(func)
@@ -31,6 +31,8 @@ class OpEntry:
         # A pointwise in-place op reads and writes each element at the same index: its kernel may write straight
         # into a contiguous destination (no temporary, no copy back).
         self.write_in_place = p.inplace and torch.Tag.pointwise in func.tags
+        # A plain functional call: no destination to write, nothing unsupported (the hot path's common case).
+        self.plain = not (p.unsupported or p.inplace or p.out_names)
 
 
 _entries: dict = {}
@@ -46,16 +48,15 @@ def entry(func) -> OpEntry:
 def _run_mlir(e: OpEntry, func, args, kwargs):
     """The result through MLIR; raises CompileFailure for anything it cannot do correctly."""
     p = e.plan
-    if p.unsupported:
-        raise CompileFailure("unsupported", p.unsupported)
-    f = p.functional
-    if p.out_names:
-        dests = [kwargs[n] for n in p.out_names]
-        kwargs = {k: v for k, v in kwargs.items() if k not in p.out_names}
-    elif p.inplace:
-        dests = [args[0]]
-    else:
-        dests = None
+    dests = None
+    if not e.plain:                       # in-place, out= or not supported: the common case skips all three
+        if p.unsupported:
+            raise CompileFailure("unsupported", p.unsupported)
+        if p.out_names:
+            dests = [kwargs[n] for n in p.out_names]
+            kwargs = {k: v for k, v in kwargs.items() if k not in p.out_names}
+        else:
+            dests = [args[0]]
     key, tensors = spec.flatten(e.fname, args, kwargs)
     if not tensors:
         if not dests:
@@ -63,40 +64,53 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         raise CompileFailure("unsupported", "only the destination is a tensor")
     if dests and not all(_no_partial_alias(d, tensors) for d in dests if isinstance(d, torch.Tensor)):
         raise CompileFailure("unsupported", "an input partially overlaps the destination")   # PyTorch decides
-    check = e.check
-    if check is not None and not check(args, kwargs):
+    if e.check is not None and not e.check(args, kwargs):
         raise CompileFailure("unsupported", "indices out of range, unchecked, or op known wrong: run natively")
     cache = compiler.cache()
     kernel = cache.lookup(key)
     hit = kernel is not None
     if not hit:
+        why = spec.unsupported(tensors)
+        if why is not None:
+            failure = CompileFailure("unsupported", why)
+            cache.put_failure(key, failure)       # by key: the key holds each tensor's dtype and shape
+            raise failure
         t0 = time.perf_counter()
         try:
-            kernel = compiler.compile_kernel(key, f, args, kwargs, tensors)
+            kernel = compiler.compile_kernel(key, p.functional, args, kwargs, tensors)
         finally:
             recorder.compiled(p.name, time.perf_counter() - t0)
-    if dests:
-        for d, m in zip(dests, kernel.outputs):
-            if not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
-                raise CompileFailure("unsupported", "destination needs a resize or a cast")
+    if dests is None:
+        try:
+            outs = kernel.run(tensors)
+        except Exception as exc:
+            raise _runtime_failure(cache, key, exc) from None
+        recorder.mlir(p.name, hit)
+        if e.returns_list:
+            return outs
+        return outs[0] if len(outs) == 1 else tuple(outs)
+    for d, m in zip(dests, kernel.outputs):
+        if not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
+            raise CompileFailure("unsupported", "destination needs a resize or a cast")
     direct = e.write_in_place and kernel.inplace_safe and dests[0].is_contiguous()
     try:
-        outs = kernel(kernel.prepare(tensors), dests if direct else None)
-    except Exception as e:
-        failure = CompileFailure("runtime", f"{type(e).__name__}: {e}")
-        cache.put_failure(key, failure)
-        raise failure from None
+        outs = kernel.run(tensors, dests if direct else None)
+    except Exception as exc:
+        raise _runtime_failure(cache, key, exc) from None
     recorder.mlir(p.name, hit)
-    if dests:
-        if not direct:
-            for d, o in zip(dests, outs):
-                d.copy_(o)
-        if p.inplace:
-            return args[0]
-        return dests[0] if len(dests) == 1 else tuple(dests)
-    if e.returns_list:
-        return outs
-    return outs[0] if len(outs) == 1 else tuple(outs)
+    if not direct:
+        for d, o in zip(dests, outs):
+            d.copy_(o)
+    if p.inplace:
+        return args[0]
+    return dests[0] if len(dests) == 1 else tuple(dests)
+
+
+def _runtime_failure(cache, key, exc: Exception) -> CompileFailure:
+    """A kernel that raised when called: its key is not tried again."""
+    failure = CompileFailure("runtime", f"{type(exc).__name__}: {exc}")
+    cache.put_failure(key, failure)
+    return failure
 
 
 def _no_partial_alias(dest, tensors) -> bool:

@@ -54,7 +54,7 @@ class Recorder:
 
     def mlir(self, op: str, hit: bool) -> None:
         with self._lock:
-            row = self._row(op)
+            row = self._rows.get(op) or self._row(op)     # inline get: this runs on every cache hit
             row.mlir_calls += 1
             row.cache_hits += hit
 

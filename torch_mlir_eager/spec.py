@@ -10,6 +10,7 @@ import torch
 from .errors import CompileFailure
 
 aten = torch.ops.aten
+_STRIDED = torch.strided
 
 # dtypes the MLIR path takes. uint8 is left out: torch-mlir 20261001 treats it as signed in casts (wrong results);
 # complex crashes LLVM. float16/bfloat16 are tried: the worker qualifies every kernel before it is used.
@@ -94,18 +95,22 @@ def plan(func: torch._ops.OpOverload) -> OpPlan:
 # ---- arguments: one walk gives the tensors (kernel inputs, in order) and the cache key ----
 
 def _tensor_key(t: torch.Tensor) -> tuple:
-    # Hot path: each check is one cheap C call; quantized dtypes fail the dtype check.
-    if not t.is_cpu:
-        raise CompileFailure("unsupported", f"device {t.device}")
-    if t.layout is not torch.strided:
-        raise CompileFailure("unsupported", f"layout {t.layout}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise CompileFailure("unsupported", f"dtype {t.dtype}")
-    shape = t.shape           # torch.Size: a tuple, hashed and compared as one
-    if 0 in shape:
-        raise CompileFailure("unsupported", "zero-size tensor")
-    # Non-contiguous layouts keep their strides: native result strides (and so ours) depend on them.
-    return (shape, t.dtype, True if t.is_contiguous() else t.stride())
+    # Hot path: a few cheap C calls. Device and layout are checked here (a CUDA or sparse tensor must never reach a
+    # kernel compiled for a key it shares); dtype and zero sizes are in the key and checked on a miss (`unsupported`).
+    if t.is_cpu and t.layout is _STRIDED:
+        # Non-contiguous layouts keep their strides: native result strides (and so ours) depend on them.
+        return (t.shape, t.dtype, True if t.is_contiguous() else t.stride())
+    raise CompileFailure("unsupported", f"device {t.device}" if not t.is_cpu else f"layout {t.layout}")
+
+
+def unsupported(tensors) -> Optional[str]:
+    """Why a call's tensors cannot go to a kernel (checked on a cache miss; the failure is then cached by key)."""
+    for t in tensors:
+        if t.dtype not in SUPPORTED_DTYPES:       # quantized dtypes too
+            return f"dtype {t.dtype}"
+        if 0 in t.shape:
+            return "zero-size tensor"
+    return None
 
 
 def _walk(x: Any, tensors: list, key: list) -> None:

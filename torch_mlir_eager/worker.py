@@ -144,10 +144,9 @@ def _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject: str, 
     import torch
     from .errors import CompileFailure
     from .kernel import Kernel
-    kernel = Kernel(llvm_ir, in_metas, out_metas)
-    kernel.input_perms = perms
+    kernel = Kernel(llvm_ir, in_metas, out_metas, input_perms=perms)
     try:
-        outs = kernel(kernel.prepare(tensors))
+        outs = kernel.run(tensors)
     except Exception as e:
         raise CompileFailure("runtime", f"{type(e).__name__}: {e}") from None
     if inject == "wrong":

@@ -107,3 +107,33 @@ def test_split_elementwise_kernels_match_native_also_in_place():
     xw.relu_()
     assert tme.report().to_dict()["totals"]["mlir_calls"] == 1
     torch.testing.assert_close(tme.unwrap(xw), want)
+
+
+def test_one_kernel_called_from_many_threads_at_once():
+    # Each thread patches its own descriptor block (kernel._Descriptors.new_block); calls of one kernel overlap,
+    # so a shared block would hand one thread's pointers to another's call.
+    import threading
+    a, b = torch.randn(64, 48), torch.randn(48, 40)
+    tme.wrap(a) @ tme.wrap(b)                       # compiled once, before the threads start
+    torch.add(tme.wrap(a), tme.wrap(a))
+    tme.reset_report()
+    errors, calls = [], 300
+
+    def work(seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(calls):
+            x, y = torch.randn(64, 48, generator=g), torch.randn(48, 40, generator=g)
+            try:
+                torch.testing.assert_close(tme.unwrap(tme.wrap(x) @ tme.wrap(y)), x @ y, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(tme.unwrap(torch.add(tme.wrap(x), tme.wrap(x))), x + x)
+            except AssertionError as e:
+                errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    totals = tme.report().to_dict()["totals"]
+    assert totals["mlir_calls"] == 4 * calls * 2 and totals["fallback_calls"] == 0 and totals["compiles"] == 0

@@ -76,6 +76,24 @@ def test_key_tensor_lists_flattened():
                                     (torch.ones(2, dtype=torch.uint8), "dtype"),
                                     (torch.ones(0, 3), "zero-size")])
 def test_unsupported_inputs(t, what):
+    # In the key (checked on a miss, then cached as a failure by key) ...
+    key, tensors = spec.flatten(aten.neg.default, (t,), {})
+    assert what in spec.unsupported(tensors)
+    assert spec.unsupported([torch.ones(2)]) is None
+
+
+def test_unsupported_layout_never_keyed():
+    # ... while a layout (or device) that a same-shaped key could share is refused before any lookup.
     with pytest.raises(CompileFailure) as e:
-        spec.flatten(aten.neg.default, (t,), {})
-    assert e.value.category == "unsupported" and what in e.value.reason
+        spec.flatten(aten.neg.default, (torch.ones(2, 2).to_sparse(),), {})
+    assert e.value.category == "unsupported" and "layout" in e.value.reason
+
+
+def test_unsupported_dtype_falls_back_every_call():
+    import torch_mlir_eager as tme
+    x = torch.ones(3, dtype=torch.complex64)
+    tme.reset_report()
+    for _ in range(2):
+        torch.testing.assert_close(tme.unwrap(torch.neg(tme.wrap(x))), torch.neg(x))
+    (row,) = [r for r in tme.report().to_dict()["ops"] if r["op"] == "aten.neg.default"]
+    assert row["fallback_calls"] == 2 and row["mlir_calls"] == 0 and "dtype" in row["reasons"]["unsupported"]
