@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from .errors import CompileFailure
+from .lowering import SCRATCH_SYMBOL
 
 # torch dtype -> MLIR element type as torch-mlir emits it at the Linalg level (signless integers).
 MLIR_ELEMENT = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16",
@@ -111,14 +112,15 @@ def _engine(llvm_ir: str):
     return ctx, module, ee, addr
 
 
-def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta]) -> str:
+def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], serial: bool) -> str:
     """Python source of a kernel's two entry points, unrolled for its arity: `run(tensors, outs=None)` takes the
     call's tensors (made contiguous, or permuted to the base the kernel takes, here), `call(ins, outs=None)` takes
     inputs already prepared. Unrolled code with every constant bound as a global costs ~1.2 us a call where loops
     and attribute lookups cost ~2.1 us: the cache-hit path of a 4-element op is ~9 us in all.
 
-    Each thread has its own descriptor block (`tls`), so calls of one kernel from several threads need no lock and
-    run at the same time (the ctypes call releases the GIL)."""
+    Each thread has its own descriptor block (`tls`), so calls of one kernel from several threads run at the same
+    time (the ctypes call releases the GIL), except for a `serial` kernel: one with static scratch buffers
+    (lowering.static_scratch) runs under its lock, one call at a time."""
     ts = [f"t{i}" for i in range(n_in)]
     os_ = [f"o{i}" for i in range(len(outputs))]
     prep = [f"    t{i} = t{i}.contiguous()" if perms is None or perms[i] is None else f"    t{i} = t{i}.permute(P{i})"
@@ -136,7 +138,7 @@ def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta]) ->
             "    except AttributeError:",
             "        buf, packed = tls.block = new_block()",
             f"    patch(buf, 0, {''.join(f'p{v}, p{v}, ' for v in passed)})",   # allocated, aligned
-            "    fn(packed)",
+            *(["    with lock:", "        fn(packed)"] if serial else ["    fn(packed)"]),
             f"    return [{result}]"]
     return "\n".join(["def run(tensors, outs=None):", *body[:1], *prep, *body[1:],
                       "def call(tensors, outs=None):", *body])
@@ -198,12 +200,12 @@ class Kernel:
         # strides, so those templates are real (tiny) tensors.
         templates = [torch.empty(m.shape, dtype=m.dtype) if math.prod(m.shape) <= 1 else
                      torch.empty((), dtype=m.dtype).expand(m.shape) for m in self.outputs]
-        env = {"_empty_like": torch.empty_like, "_restride": _restride, "tls": threading.local(),
+        env = {"_empty_like": torch.empty_like, "_restride": _restride, "tls": threading.local(), "lock": threading.Lock(),
                "new_block": descs.new_block, "patch": descs.patch,
                "fn": ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr),
                **{f"T{i}": t for i, t in enumerate(templates)}, **{f"M{i}": m for i, m in enumerate(self.outputs)},
                **{f"P{i}": p for i, p in enumerate(self.input_perms or [])}}
-        exec(_call_source(len(self.inputs), self.input_perms, self.outputs), env)
+        exec(_call_source(len(self.inputs), self.input_perms, self.outputs, SCRATCH_SYMBOL in llvm_ir), env)
         self.run: Callable = env.pop("run")      # popped: the functions' globals must not refer back to them
         self._call: Callable = env.pop("call")
 

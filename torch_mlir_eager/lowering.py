@@ -66,14 +66,15 @@ LINALG_TO_LLVM = [
 
 # Temporaries of at least this many bytes become static buffers of the kernel (see `static_scratch`).
 SCRATCH_MIN_BYTES = 1 << 16
+SCRATCH_SYMBOL = "tme_scratch"     # their names: a kernel whose code has one is not re-entrant (kernel.py)
 
 
 def static_scratch(module, min_bytes: int = SCRATCH_MIN_BYTES) -> int:
     """Replace each large statically shaped `memref.alloc` (a kernel's temporary: im2col columns, padded inputs,
     decomposed intermediates) by a private global buffer of the module, allocated once when the kernel is loaded.
     A heap block of megabytes is mmapped and zeroed by the OS on every call (measured: 7 MB of page clearing per
-    64x56x56 conv call). Safe because a kernel never runs concurrently with itself (Kernel holds a lock per kernel)
-    and is not re-entrant; allocations inside parallel loops (one per iteration, on several threads) are left.
+    64x56x56 conv call). Safe because such a kernel never runs concurrently with itself (Kernel calls it under a
+    lock when its code names SCRATCH_SYMBOL); allocations inside parallel loops (one per iteration, on several threads) are left.
     Run after bufferization, before deallocations are inserted (globals are not owned, so none are). Returns how
     many buffers were replaced."""
     from torch_mlir import ir
@@ -91,7 +92,7 @@ def static_scratch(module, min_bytes: int = SCRATCH_MIN_BYTES) -> int:
                 size *= d
             if size < min_bytes or ir.AffineMapAttr(t.layout).value != ir.AffineMap.get_identity(t.rank):
                 continue
-            name = f"tme_scratch{replaced}"
+            name = f"{SCRATCH_SYMBOL}{replaced}"
             g = ir.Operation.parse(f'memref.global "private" @{name} : {t} = uninitialized {{alignment = 64 : i64}}')
             ir.InsertionPoint.at_block_begin(module.body).insert(g)
             with ir.InsertionPoint(op):
