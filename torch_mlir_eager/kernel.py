@@ -200,7 +200,8 @@ class Kernel:
         # strides, so those templates are real (tiny) tensors.
         templates = [torch.empty(m.shape, dtype=m.dtype) if math.prod(m.shape) <= 1 else
                      torch.empty((), dtype=m.dtype).expand(m.shape) for m in self.outputs]
-        env = {"_empty_like": torch.empty_like, "_restride": _restride, "tls": threading.local(), "lock": threading.Lock(),
+        env = {"_empty_like": torch.empty_like, "_restride": _restride, "tls": threading.local(),
+               "lock": threading.Lock(),
                "new_block": descs.new_block, "patch": descs.patch,
                "fn": ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr),
                **{f"T{i}": t for i, t in enumerate(templates)}, **{f"M{i}": m for i, m in enumerate(self.outputs)},

@@ -74,7 +74,8 @@ def static_scratch(module, min_bytes: int = SCRATCH_MIN_BYTES) -> int:
     decomposed intermediates) by a private global buffer of the module, allocated once when the kernel is loaded.
     A heap block of megabytes is mmapped and zeroed by the OS on every call (measured: 7 MB of page clearing per
     64x56x56 conv call). Safe because such a kernel never runs concurrently with itself (Kernel calls it under a
-    lock when its code names SCRATCH_SYMBOL); allocations inside parallel loops (one per iteration, on several threads) are left.
+    lock when its code names SCRATCH_SYMBOL); allocations inside parallel loops (one per iteration, on several
+    threads) are left.
     Run after bufferization, before deallocations are inserted (globals are not owned, so none are). Returns how
     many buffers were replaced."""
     from torch_mlir import ir

@@ -45,14 +45,7 @@ transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) 
   transform.structured.vectorize %t2 : !transform.any_op
 """ + TAIL
 
-# conv2d NCHW/FCHW after `conv_to_gemm`: an im2col copy (split across threads by panel or input channel) and a GEMM
-# generic (dims n, f, column panel, column, k), which is what gets register-tiled.
-CONV2D_HEAD = """
-  %col = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.im2col}} in %root
-    : (!transform.any_op) -> !transform.any_op
-  {col_forall}
-  %gemm0 = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.gemm}} in %root
-    : (!transform.any_op) -> !transform.any_op"""
+# The dot form's im2col copy split across threads (by output rows).
 COL_FORALL = ("%col_t, %col_forall = transform.structured.tile_using_forall %col num_threads [{counts}]"
               " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)")
 
@@ -62,40 +55,48 @@ MAC = """    ^bb0(%a: {el}, %b: {el}, %acc: {el}):
       %s = arith.addf %acc, %m : {el}
       linalg.yield %s : {el}"""
 
-# The conv as im2col + GEMM, written with plain affine maps: the copy reads x[n, c, oh*s + kh*d, ow*s + kw*d] into
-# col[n, pb, c, kh, kw, rr, ow] for output row oh = pb * r + rr: column panels of r whole output rows, each panel
-# one contiguous [c*kh*kw, r*ow] block (contiguous along ow when the stride is 1, so LLVM vectorizes the copy; no
-# floordiv/mod as in upstream `convert_conv2d_to_img2col`, whose gather stayed scalar and serial). Viewed as
-# [n, pb, c*kh*kw, r*ow], col is the GEMM's right-hand side; the weight [f, c*kh*kw] its left-hand side; the
-# conv's init (bias) its accumulator.
-CONV_AS_GEMM = """
+# The conv as im2col + GEMM, one column panel of r whole output rows at a time: each iteration of the forall
+# (split across threads) copies its panel's im2col block col[n, c, kh, kw, rr, ow] = x[n, c, (pb * r + rr) * s +
+# kh * d, ow * s + kw * d] (plain affine maps, contiguous along ow at stride 1, so LLVM vectorizes the copy; no
+# floordiv/mod as in upstream `convert_conv2d_to_img2col`, whose gather stayed scalar) into a buffer of its own and
+# multiplies it right away, while it is in the core's L2: out[n, f, panel] += w[f, c*kh*kw] x col[c*kh*kw, r*ow].
+# Copying the whole column matrix first wrote it to memory and read it back (7.2 MB at 64x56x56 3x3: 927 us;
+# by panel: 746, native 686). The conv's init (bias) is the GEMM's accumulator.
+CONV_AS_PANELS = """
 func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
-  %e = tensor.empty() : tensor<{n}x{pb}x{c}x{kh}x{kw}x{r}x{ow}x{el}>
-  %col = linalg.generic {{tme.im2col,
-      indexing_maps = [affine_map<(n, pb, c, kh, kw, rr, ow)
-                         -> (n, c, pb * {rs} + rr * {sh} + kh * {dh}, ow * {sw} + kw * {dw})>,
-                       affine_map<(n, pb, c, kh, kw, rr, ow) -> (n, pb, c, kh, kw, rr, ow)>],
-      iterator_types = ["parallel", "parallel", "parallel", "parallel", "parallel", "parallel", "parallel"]}}
-      ins(%x : {xt}) outs(%e : tensor<{n}x{pb}x{c}x{kh}x{kw}x{r}x{ow}x{el}>) {{
-    ^bb0(%a: {el}, %b: {el}):
-      linalg.yield %a : {el}
-  }} -> tensor<{n}x{pb}x{c}x{kh}x{kw}x{r}x{ow}x{el}>
-  %colm = tensor.collapse_shape %col [[0], [1], [2, 3, 4], [5, 6]]
-    : tensor<{n}x{pb}x{c}x{kh}x{kw}x{r}x{ow}x{el}> into tensor<{n}x{pb}x{k}x{nc}x{el}>
   %w2 = tensor.collapse_shape %w [[0], [1, 2, 3]] : {wt} into tensor<{f}x{k}x{el}>
   %i1 = tensor.collapse_shape %init [[0], [1], [2, 3]] : {ot} into tensor<{n}x{f}x{p}x{el}>
-  %i2 = tensor.expand_shape %i1 [[0], [1], [2, 3]] output_shape [{n}, {f}, {pb}, {nc}]
-    : tensor<{n}x{f}x{p}x{el}> into tensor<{n}x{f}x{pb}x{nc}x{el}>
-  %r = linalg.generic {{tme.gemm,
-      indexing_maps = [affine_map<(n, f, pb, j, k) -> (f, k)>, affine_map<(n, f, pb, j, k) -> (n, pb, k, j)>,
-                       affine_map<(n, f, pb, j, k) -> (n, f, pb, j)>],
-      iterator_types = ["parallel", "parallel", "parallel", "parallel", "reduction"]}}
-      ins(%w2, %colm : tensor<{f}x{k}x{el}>, tensor<{n}x{pb}x{k}x{nc}x{el}>)
-      outs(%i2 : tensor<{n}x{f}x{pb}x{nc}x{el}>) {{
+  %r = scf.forall (%pb) in ({pb}) shared_outs(%o = %i1) -> (tensor<{n}x{f}x{p}x{el}>) {{
+    %row = affine.apply affine_map<(d) -> (d * {rs})>(%pb)
+    %c0 = affine.apply affine_map<(d) -> (d * {nc})>(%pb)
+    %xs = tensor.extract_slice %x[0, 0, %row, 0] [{n}, {c}, {xh}, {xw}] [1, 1, 1, 1]
+      : {xt} to tensor<{n}x{c}x{xh}x{xw}x{el}>
+    %e = tensor.empty() : tensor<{n}x{c}x{kh}x{kw}x{r}x{ow}x{el}>
+    %col = linalg.generic {{tme.im2col,
+        indexing_maps = [affine_map<(n, c, kh, kw, rr, ow) -> (n, c, rr * {sh} + kh * {dh}, ow * {sw} + kw * {dw})>,
+                         affine_map<(n, c, kh, kw, rr, ow) -> (n, c, kh, kw, rr, ow)>],
+        iterator_types = ["parallel", "parallel", "parallel", "parallel", "parallel", "parallel"]}}
+        ins(%xs : tensor<{n}x{c}x{xh}x{xw}x{el}>) outs(%e : tensor<{n}x{c}x{kh}x{kw}x{r}x{ow}x{el}>) {{
+      ^bb0(%a: {el}, %b: {el}):
+        linalg.yield %a : {el}
+    }} -> tensor<{n}x{c}x{kh}x{kw}x{r}x{ow}x{el}>
+    %colm = tensor.collapse_shape %col [[0], [1, 2, 3], [4, 5]]
+      : tensor<{n}x{c}x{kh}x{kw}x{r}x{ow}x{el}> into tensor<{n}x{k}x{nc}x{el}>
+    %os = tensor.extract_slice %o[0, 0, %c0] [{n}, {f}, {nc}] [1, 1, 1]
+      : tensor<{n}x{f}x{p}x{el}> to tensor<{n}x{f}x{nc}x{el}>
+    %g = linalg.generic {{tme.gemm,
+        indexing_maps = [affine_map<(n, f, j, k) -> (f, k)>, affine_map<(n, f, j, k) -> (n, k, j)>,
+                         affine_map<(n, f, j, k) -> (n, f, j)>],
+        iterator_types = ["parallel", "parallel", "parallel", "reduction"]}}
+        ins(%w2, %colm : tensor<{f}x{k}x{el}>, tensor<{n}x{k}x{nc}x{el}>) outs(%os : tensor<{n}x{f}x{nc}x{el}>) {{
 {mac}
-  }} -> tensor<{n}x{f}x{pb}x{nc}x{el}>
-  %r1 = tensor.collapse_shape %r [[0], [1], [2, 3]] : tensor<{n}x{f}x{pb}x{nc}x{el}> into tensor<{n}x{f}x{p}x{el}>
-  %r2 = tensor.expand_shape %r1 [[0], [1], [2, 3]] output_shape [{n}, {f}, {oh}, {ow}]
+    }} -> tensor<{n}x{f}x{nc}x{el}>
+    scf.forall.in_parallel {{
+      tensor.parallel_insert_slice %g into %o[0, 0, %c0] [{n}, {f}, {nc}] [1, 1, 1]
+        : tensor<{n}x{f}x{nc}x{el}> into tensor<{n}x{f}x{p}x{el}>
+    }}
+  }}
+  %r2 = tensor.expand_shape %r [[0], [1], [2, 3]] output_shape [{n}, {f}, {oh}, {ow}]
     : tensor<{n}x{f}x{p}x{el}> into {ot}
   return %r2 : {ot}
 }}
@@ -216,12 +217,14 @@ func.func private @tme_mm(%lhs: {at}, %rhs: {bt}, %init: {ot}) -> {ot} {{
 }}
 """
 
+# Script text (not a template): the GEMM generic of the conv and packed-matmul forms as %gemm0.
+GEMM_MATCH = """
+  %gemm0 = transform.structured.match ops{["linalg.generic"]} attributes{tme.gemm} in %root
+    : (!transform.any_op) -> !transform.any_op"""
 PACKED_HEAD = """
   %pack0 = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.pack}} in %root
     : (!transform.any_op) -> !transform.any_op
-  {pack_forall}
-  %gemm0 = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.gemm}} in %root
-    : (!transform.any_op) -> !transform.any_op"""
+  {pack_forall}"""
 
 
 def pack_rhs(module, nt: int) -> bool:
@@ -265,7 +268,7 @@ def _packed_schedule(shape, k: int, threads: int) -> Schedule:
     pack_forall = (FORALL.replace("%forall", "%pack_forall").format(
         out="pack", src="pack0", counts=", ".join(map(str, pack_split))) if pt > 1
         else NO_FORALL.format(out="pack", src="pack0"))
-    head = PACKED_HEAD.format(pack_forall=pack_forall)
+    head = PACKED_HEAD.format(pack_forall=pack_forall) + GEMM_MATCH
     split = [0] * nb + [0, pt, 0]
     if pt == 1 and threads > 1 and m % (threads * mt) == 0:
         split = [0] * nb + [threads, 0, 0]
@@ -394,8 +397,8 @@ def fold_transposed_rhs(module) -> bool:
 
 
 def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
-    """Replace the module's one linalg.conv_2d_nchw_fchw (float) by a call to CONV_AS_GEMM, inlined, with column
-    panels of `panel_rows` output rows (0: one panel). False when there is no such conv."""
+    """Replace the module's one linalg.conv_2d_nchw_fchw (float) by a call to CONV_AS_PANELS (column panels of
+    `panel_rows` output rows; 0: one panel) or CONV_AS_DOT, inlined. False when there is no such conv."""
     from torch_mlir import ir
     convs = find_ops(module, lambda op: op.name == "linalg.conv_2d_nchw_fchw")
     if len(convs) != 1:
@@ -412,10 +415,10 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
     r = panel_rows or oh
     if oh % r:
         return False
-    text = (CONV_AS_DOT if dot else CONV_AS_GEMM).format(
+    text = (CONV_AS_DOT if dot else CONV_AS_PANELS).format(
         mac=MAC.format(el=ot.element_type), xt=xt, wt=wt, ot=ot, el=ot.element_type, n=n, c=c, kh=kh, kw=kw,
         oh=oh, ow=ow, f=f, k=c * kh * kw, p=oh * ow, sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], r=r,
-        pb=oh // r, nc=r * ow, rs=r * strides[0])
+        pb=oh // r, nc=r * ow, rs=r * strides[0], xh=(r - 1) * strides[0] + (kh - 1) * dil[0] + 1, xw=xt.shape[3])
     _replace_with_call(module, conv, text, "tme_conv", list(conv.operands)[:3], ot, "conv_to_gemm")
     return True
 
@@ -525,7 +528,7 @@ class Schedule:
     family: str
     script: str
     threads: int = 1
-    panel_rows: int = 0        # conv2d-im2col: output rows per column panel (see CONV_AS_GEMM); matmul-packed: nt
+    panel_rows: int = 0        # conv2d-panels: output rows per column panel (CONV_AS_PANELS); matmul-packed: nt
 
 
 @functools.lru_cache(maxsize=None)
@@ -543,14 +546,18 @@ def avx512() -> bool:
 # AVX2 (16 registers of 8 floats): 8 x 16 for convs and 4 x 16 for matmuls, measured on the first machine.
 TILES_AVX512 = ((8, 32), (8, 16), (16, 8), (8, 8))
 TILES_AVX2 = ((8, 16), (4, 16), (16, 8), (8, 8))
+# Conv panels also take 16 x 16 (16 accumulators, as 8 x 32): at 28x28 outputs (112-column panels, which no 32-wide
+# tile divides) it ran 128x28x28 3x3 in 807-834 us where 8 x 16 took 873-902.
+CONV_TILES_AVX512 = ((8, 32), (16, 16), (8, 16), (16, 8), (8, 8))
 # Bytes of the right-hand operand one panel may hold (K x panel width): well inside a core's L2 (1-2 MB).
 PANEL_BYTES = 512 * 1024
 
 
-def _register_tile(m: int, n: int) -> tuple:
-    """The first register tile whose rows divide m and whose columns divide n (partial tiles do not vectorize);
-    else the largest column divisor <= 16 with 16 rows or fewer (e.g. 16 x 7 for 7x7 conv outputs)."""
-    for mt, nt in TILES_AVX512 if avx512() else TILES_AVX2:
+def _register_tile(m: int, n: int, tiles: Optional[tuple] = None) -> tuple:
+    """The first register tile (of `tiles`, else the ISA's list) whose rows divide m and whose columns divide n
+    (partial tiles do not vectorize); else the largest column divisor <= 16 with 16 rows or fewer (e.g. 16 x 7 for
+    7x7 conv outputs)."""
+    for mt, nt in tiles or (TILES_AVX512 if avx512() else TILES_AVX2):
         if m % mt == 0 and n % nt == 0:
             return mt, nt
     nt = next(d for d in range(16, 0, -1) if n % d == 0)
@@ -604,18 +611,18 @@ def _gemm_plan(batch: list, m: int, n: int, k: int, threads: int) -> tuple:
     return [1] * len(batch) + [mt, nt], split, _panel(n_t, k, nt), threads if dim is not None else 1
 
 
-def _conv_panel(f: int, oh: int, ow: int, k: int) -> tuple:
-    """(rows per panel, register tile) for the conv GEMM [f, k] x [k, oh*ow]: the columns come in panels of whole
-    output rows (r rows: r * ow columns, contiguous in the im2col buffer), so a panel is read as one block while
-    every row tile passes over it (measured at 128x1152x784: 825 us vs 1167 with strided rows). Best register tile
-    first (16- or 32-wide vectors over 14-wide over narrower), then panels that fit PANEL_BYTES, then narrower
-    (measured: 256x14x14 3x3 896 us with 1-row panels, 1041 with 2)."""
+def _conv_panel(f: int, oh: int, ow: int, k: int, threads: int = 1) -> tuple:
+    """(rows per panel, register tile) for the conv GEMM [f, k] x [k, oh*ow] in panels of r whole output rows (r *
+    ow columns, see CONV_AS_PANELS). Best register tile first (16- or 32-wide vectors over 14-wide over narrower),
+    weighted by how evenly the panels share out over the threads, then panels that fit PANEL_BYTES, then narrower
+    (measured: 256x14x14 3x3 815 us with 1-row panels, 1025 with 2)."""
     best = None
     for r in (d for d in range(1, oh + 1) if oh % d == 0):
-        nc = r * ow
-        mt, nt = _register_tile(f, nc)
+        nc, pb = r * ow, oh // r
+        mt, nt = _register_tile(f, nc, CONV_TILES_AVX512 if avx512() else None)
         width = nt if nt % 8 == 0 else (nt * 0.8 if nt > 8 else nt * 0.5)    # ragged vectors cost more
-        score = (mt * width, k * nc * 4 <= PANEL_BYTES, -nc)
+        balance = pb / (threads * -(-pb // threads))
+        score = (mt * width * balance, k * nc * 4 <= PANEL_BYTES, -nc)
         if best is None or score > best[0]:
             best = (score, r, mt, nt)
     return best[1], best[2], best[3]
@@ -623,7 +630,7 @@ def _conv_panel(f: int, oh: int, ow: int, k: int) -> tuple:
 
 def _conv_schedule(shape, k: int, threads: int) -> Schedule:
     n, f, oh, ow = shape
-    r, mt, nt = _conv_panel(f, oh, ow, k)
+    r, mt, nt = _conv_panel(f, oh, ow, k, threads)
     p = oh * ow
     if nt < DOT_BELOW and k % 16 == 0:
         # Narrow: the dot-product form (vectors along k). Threads split the output channels.
@@ -633,18 +640,9 @@ def _conv_schedule(shape, k: int, threads: int) -> Schedule:
                NO_FORALL.format(out="col_t", src="col"))
         script = _dot_script(COL_HEAD.format(col_forall=col), [1, dmt, dnt], [0, t, 0], kv)
         return Schedule("conv2d-dot", script, threads)
-    pb = oh // r
-    # Threads: whole panels per thread where they divide evenly, else output channels (rows of the GEMM).
-    if threads > 1 and pb % threads == 0:
-        split, col_split = [0, 0, threads, 0], [0, threads]
-    elif threads > 1 and f % threads == 0 and (f // threads) % mt == 0:
-        split, col_split = [0, threads, 0, 0], [0, 0, threads]
-    else:
-        split, col_split = [0, 0, 0, 0], [0, 0, threads]
-    col = (COL_FORALL.format(counts=", ".join(map(str, col_split))) if threads > 1 else
-           NO_FORALL.format(out="col_t", src="col"))
-    script = _script(CONV2D_HEAD.format(col_forall=col), "gemm", [1, mt, 0, nt], split, [0, 0, 1, 0])
-    return Schedule("conv2d-im2col", script, threads, r)
+    # The panels' forall (in the template) is what the threads share; the script register-tiles each panel's GEMM.
+    return Schedule("conv2d-panels", _script(GEMM_MATCH, "gemm", [1, mt, nt], [0, 0, 0]),
+                    threads if oh // r > 1 else 1, r)
 
 
 def select(module, threads: int = 1) -> Optional[Schedule]:

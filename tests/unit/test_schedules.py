@@ -21,7 +21,7 @@ def _linalg(ctx, func, args):
 
 
 def test_select_by_family(ctx):
-    assert schedules.select(_linalg(ctx, aten.convolution.default, _conv_args())).family == "conv2d-im2col"
+    assert schedules.select(_linalg(ctx, aten.convolution.default, _conv_args())).family == "conv2d-panels"
     assert schedules.select(_linalg(ctx, aten.add.Tensor, (torch.randn(3), torch.randn(3)))) is None
 
 
@@ -31,7 +31,7 @@ def test_scheduled_conv_qualifies(ctx, cfg):
     args = _conv_args(**cfg)
     r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": args, "kwargs": {}})
     assert "ok" in r, r
-    assert r["info"]["schedule"] == "conv2d-im2col"
+    assert r["info"]["schedule"] == "conv2d-panels"
 
 
 def test_schedules_off_is_plain(ctx):
@@ -41,11 +41,11 @@ def test_schedules_off_is_plain(ctx):
 
 
 def test_broken_schedule_falls_back_to_plain(ctx, monkeypatch):
-    monkeypatch.setattr(schedules, "CONV2D_HEAD", schedules.CONV2D_HEAD.replace("structured.match",
-                                                                                "structured.no_such_match"))
+    monkeypatch.setattr(schedules, "GEMM_MATCH", schedules.GEMM_MATCH.replace("structured.match",
+                                                                              "structured.no_such_match"))
     r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(), "kwargs": {}})
     assert "ok" in r and r["info"]["schedule"] == "plain"
-    assert r["info"]["schedule_failed"].startswith("conv2d-im2col")
+    assert r["info"]["schedule_failed"].startswith("conv2d-panels")
 
 
 @pytest.mark.parametrize("a,b", [((128, 256), (256, 64)), ((1, 512), (512, 1000)), ((4, 32, 64), (4, 64, 32))],
@@ -82,7 +82,7 @@ def test_contraction_tolerance_scales_with_output_not_with_errors():
 def test_threaded_schedules_qualify(ctx, op, args):
     r = worker.compile_request(ctx, {"op": op, "args": args, "kwargs": {}, "threads": 2})
     assert "ok" in r, r
-    assert r["info"]["schedule"] in ("conv2d-im2col", "matmul")
+    assert r["info"]["schedule"] in ("conv2d-panels", "matmul")
     assert "omp.parallel" in r["ok"][0]
 
 
