@@ -51,17 +51,34 @@ def test_attention_scores_with_transposed_keys_match_native(s, d):
     torch.testing.assert_close(_through_mlir(f, q, k), f(q, k), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("hw", [7, 28])
-def test_batch_norm_eval_matches_native(hw):
+@pytest.mark.parametrize("hw,affine", [(7, True), (28, True), (64, True), (28, False)])
+def test_batch_norm_eval_matches_native(hw, affine):
+    # Eval batch norm is x * alpha + beta per channel (importer._eval_batch_norm); at 64x64 the loop is split
+    # across threads.
     torch.manual_seed(0)
-    bn = torch.nn.BatchNorm2d(16).eval()
+    bn = torch.nn.BatchNorm2d(16, affine=affine).eval()
     bn.running_mean.normal_()
     bn.running_var.uniform_(0.5, 2)
-    x = torch.randn(1, 16, hw, hw)
+    if affine:
+        bn.weight.data.normal_()
+        bn.bias.data.normal_()
+    x = torch.randn(2, 16, hw, hw)
     want = bn(x)
     tme.wrap(bn)
     got = _through_mlir(bn, x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_training_still_matches_native():
+    # Training mode keeps the table's own decomposition (batch statistics, running stats updated in place).
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 10, 10)
+    rm, rv = torch.zeros(8), torch.ones(8)
+    f = lambda x, rm, rv: torch.ops.aten.native_batch_norm.default(x, None, None, rm, rv, True, 0.1, 1e-5)
+    want = f(x, rm.clone(), rv.clone())
+    got = tme.unwrap(f(*tme.wrap([x, rm, rv])))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
 def _wide_f32_range(n: int = 1 << 18) -> torch.Tensor:
