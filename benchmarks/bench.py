@@ -219,8 +219,8 @@ def main(argv=None) -> int:
     summary.append(kline)
     kt = compiler.kernel_threads()
     summary.append(line("3 threads", kt == torch.get_num_threads(),
-                        f"scheduled MLIR kernels (conv, matmul) use {kt} OpenMP thread(s), torch "
-                        f"{torch.get_num_threads()}; elementwise and other plain-loop kernels run on one"))
+                        f"scheduled MLIR kernels (conv, matmul, elementwise loops of >= 32K elements) use {kt} "
+                        f"OpenMP thread(s), torch {torch.get_num_threads()}; reductions and small loops run on one"))
 
     bert = BertLayer
     tme.wrap(resnet)
