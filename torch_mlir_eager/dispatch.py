@@ -16,7 +16,7 @@ recorder = Recorder()
 
 class OpEntry:
     """Everything the hot path needs about one OpOverload, resolved once (OpOverload hashing is slow Python)."""
-    __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place", "plain")
+    __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place", "plain", "inplace")
 
     def __init__(self, func):
         p = spec.plan(func)
@@ -33,6 +33,7 @@ class OpEntry:
         self.write_in_place = p.inplace and torch.Tag.pointwise in func.tags
         # A plain functional call: no destination to write, nothing unsupported (the hot path's common case).
         self.plain = not (p.unsupported or p.inplace or p.out_names)
+        self.inplace = p.inplace
 
 
 _entries: dict = {}

@@ -9,6 +9,8 @@ from torch.utils._pytree import tree_map_only
 from . import dispatch
 from .spec import map_tensors
 
+_ENTRIES = dispatch._entries      # read inline on every call (dispatch.entry fills it)
+
 
 class TorchMLIRTensor(torch.Tensor):
     """A CPU tensor whose aten calls run through MLIR (or natively, recorded, when MLIR cannot)."""
@@ -43,8 +45,8 @@ class TorchMLIRTensor(torch.Tensor):
         uargs = tuple([a.elem if isinstance(a, TorchMLIRTensor) else
                        map_tensors(a, _unwrap_one) if isinstance(a, (list, tuple)) else a for a in args])
         ukwargs = map_tensors(kwargs, _unwrap_one) if kwargs else {}
-        e = dispatch.entry(func)
-        if e.plan.inplace and type(args[0]) is TorchMLIRTensor:
+        e = _ENTRIES.get(id(func)) or dispatch.entry(func)
+        if e.inplace and type(args[0]) is TorchMLIRTensor:
             # relu_, add_, ...: the result is the input wrapper itself, its data written in place (what PyTorch's
             # return_and_correct_aliasing returns too, for ~12 us a call more).
             dispatch.call_entry(e, uargs, ukwargs)
