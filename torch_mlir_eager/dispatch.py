@@ -81,37 +81,29 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
             kernel = compiler.compile_kernel(key, p.functional, args, kwargs, tensors)
         finally:
             recorder.compiled(p.name, time.perf_counter() - t0)
-    if dests is None:
-        try:
-            outs = kernel.run(tensors)
-        except Exception as exc:
-            raise _runtime_failure(cache, key, exc) from None
-        recorder.mlir(p.name, hit)
-        if e.returns_list:
-            return outs
-        return outs[0] if len(outs) == 1 else tuple(outs)
-    for d, m in zip(dests, kernel.outputs):
-        if not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
-            raise CompileFailure("unsupported", "destination needs a resize or a cast")
-    direct = e.write_in_place and kernel.inplace_safe and dests[0].is_contiguous()
+    direct = False
+    if dests is not None:
+        for d, m in zip(dests, kernel.outputs):
+            if not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
+                raise CompileFailure("unsupported", "destination needs a resize or a cast")
+        direct = e.write_in_place and kernel.inplace_safe and dests[0].is_contiguous()
     try:
         outs = kernel.run(tensors, dests if direct else None)
     except Exception as exc:
-        raise _runtime_failure(cache, key, exc) from None
+        failure = CompileFailure("runtime", f"{type(exc).__name__}: {exc}")
+        cache.put_failure(key, failure)      # a kernel that raised is not tried again
+        raise failure from None
     recorder.mlir(p.name, hit)
+    if dests is None:
+        if e.returns_list:
+            return outs
+        return outs[0] if len(outs) == 1 else tuple(outs)
     if not direct:
         for d, o in zip(dests, outs):
             d.copy_(o)
     if p.inplace:
         return args[0]
     return dests[0] if len(dests) == 1 else tuple(dests)
-
-
-def _runtime_failure(cache, key, exc: Exception) -> CompileFailure:
-    """A kernel that raised when called: its key is not tried again."""
-    failure = CompileFailure("runtime", f"{type(exc).__name__}: {exc}")
-    cache.put_failure(key, failure)
-    return failure
 
 
 def _no_partial_alias(dest, tensors) -> bool:
