@@ -118,21 +118,24 @@ def test_without_schedules_a_transposed_weight_is_copied_by_pytorch(ctx):
     assert "ok" in r and "input_perms" not in r["info"] and r["info"]["schedule"] == "plain"
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_packed_matmul_matches_native(ctx, transposed):
+@pytest.mark.parametrize("transposed,k", [(False, 40), (True, 40), (True, 48)],
+                         ids=["plain", "transposed", "transposed-vector-pack"])
+def test_packed_matmul_matches_native(ctx, transposed, k):
+    # K % 16 == 0: a transposed right-hand side is packed in 16 x 16 blocks transposed in registers.
     from torch_mlir_eager.kernel import Kernel, TensorMeta
     torch.manual_seed(0)
-    a = torch.randn(3, 24, 40)
-    b = torch.randn(3, 64, 40).transpose(1, 2) if transposed else torch.randn(3, 40, 64)
+    a = torch.randn(3, 24, k)
+    b = torch.randn(3, 64, k).transpose(1, 2) if transposed else torch.randn(3, k, 64)
     perms = [None, (0, 2, 1)] if transposed else None
     base = b.transpose(1, 2) if transposed else b          # what the kernel takes: contiguous either way
     m = importer.import_graph(ctx, importer.one_node_graph(aten.bmm.default, (a, b), {}, [a, b], perms)[0])
     lowering.to_linalg(m)
-    sched = schedules.select(m, 2) if transposed else schedules._packed_schedule((3, 24, 64), 40, 2)
+    sched = schedules.select(m, 2) if transposed else schedules._packed_schedule((3, 24, 64), k, 2, transposed=False)
     assert sched.family == "matmul-packed"
-    k = Kernel(str(schedules.to_llvm(m, sched)), [TensorMeta.of(a), TensorMeta.of(base)],
-               [TensorMeta((3, 24, 64), torch.float32)])
-    torch.testing.assert_close(k([a, base])[0], torch.bmm(a, b), rtol=1e-4, atol=1e-4)
+    assert ("lower_transpose" in sched.script) == (transposed and k % 16 == 0)
+    kern = Kernel(str(schedules.to_llvm(m, sched)), [TensorMeta.of(a), TensorMeta.of(base)],
+                  [TensorMeta((3, 24, 64), torch.float32)])
+    torch.testing.assert_close(kern([a, base])[0], torch.bmm(a, b), rtol=1e-4, atol=1e-4)
 
 
 def test_large_elementwise_ops_are_split_across_threads_and_reductions_are_not(ctx):
