@@ -22,12 +22,6 @@ SAMPLES_PER_OP = 3
 # 295 / 573 = 51.5% of OpInfos fully through MLIR; 1888 / 2653 = 71.2% of calls (seeded samples, reproducible).
 FLOOR = 0.50
 
-# A wrapper subclass has no storage of its own: C++ composite code that reads a tensor argument's data directly
-# (not through an aten op) cannot read a TorchMLIRTensor.
-WRAPPER_LIMITS = {
-    "tensor_split": "reads the data of a tensor `indices_or_sections` argument in C++ composite code",
-}
-
 OPS = coverage.ops_for(torch.float32)
 RESULTS: dict = {}
 
@@ -35,8 +29,8 @@ RESULTS: dict = {}
 @pytest.mark.parametrize("op", OPS, ids=coverage.name_of)
 def test_opinfo(op):
     name = coverage.name_of(op)
-    if name in WRAPPER_LIMITS:
-        pytest.xfail(WRAPPER_LIMITS[name])
+    if name in coverage.WRAPPER_LIMITS:
+        pytest.xfail(coverage.WRAPPER_LIMITS[name])
     try:
         r = coverage.run_op(op, torch.float32, SAMPLES_PER_OP)
     except Exception as e:

@@ -30,3 +30,15 @@ def test_table_and_summary_name_every_op():
     md = coverage.markdown(rs, torch.float32)
     assert "| add | full |" in md and "| nonzero |" in md
     assert "mismatches: 0" in coverage.summary(rs)
+
+
+def test_a_wrapped_call_that_raises_where_native_returns_is_a_mismatch(monkeypatch):
+    real = coverage._run
+
+    def raises_when_wrapped(fn, sample, wrap):
+        if wrap:
+            raise RuntimeError("boom")
+        return real(fn, sample, wrap)
+    monkeypatch.setattr(coverage, "_run", raises_when_wrapped)
+    r = coverage.run_op(_op("neg"), torch.float32, samples=1)
+    assert r.status == "MISMATCH" and "wrapped raised RuntimeError" in r.mismatch
