@@ -64,20 +64,42 @@ def one_node_graph(func, args, kwargs, tensors, perms=None) -> tuple:
         phs.append(p)
     it = iter(phs)
     nargs, nkwargs = map_tensors((args, kwargs), lambda _t: next(it))
+    lifted = _reduces_0d(func, tensors)
+    if lifted:
+        # A reduction along dim 0 of a 0-d tensor (amax, argmax, logsumexp, max.dim ...): torch-mlir 20261001 fails
+        # on it ("torch.constant.int failed to legalize"); the same op on the one element viewed as shape [1]
+        # lowers, and each result is viewed back to its 0-d (or keepdim) shape.
+        x1 = g.call_function(torch.ops.aten.view.default, (nargs[0], [1]))
+        x1.meta["val"] = fakes[0].view(1)
+        nargs = (x1,) + tuple(nargs[1:])
+        lifted_out = func(x1.meta["val"], *args[1:], **kwargs)
     node = g.call_function(func, tuple(nargs), dict(nkwargs))
-    node.meta["val"] = out
+    node.meta["val"] = lifted_out if lifted else out
+
+    def result(n, want):
+        if not lifted:
+            return n
+        v = g.call_function(torch.ops.aten.view.default, (n, list(want.shape)))
+        v.meta["val"] = want
+        return v
     if isinstance(out, (tuple, list)):
         outs = []
         for i, r in enumerate(out):
             if r.numel() == 0:
                 continue
             gi = g.call_function(operator.getitem, (node, i))
-            gi.meta["val"] = r
-            outs.append(gi)
+            gi.meta["val"] = lifted_out[i] if lifted else r
+            outs.append(result(gi, r))
         g.output(tuple(outs))
     else:
-        g.output((node,))
+        g.output((result(node, out),))
     return g, results
+
+
+def _reduces_0d(func, tensors) -> bool:
+    """The call reduces (or scans) its one tensor, a 0-d one, along a `dim` argument."""
+    return (len(tensors) == 1 and tensors[0].dim() == 0
+            and any(a.name == "dim" for a in func._schema.arguments))
 
 
 @functools.lru_cache(maxsize=1)

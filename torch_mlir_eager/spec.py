@@ -109,8 +109,6 @@ def unsupported(tensors) -> Optional[str]:
     for t in tensors:
         if t.dtype not in SUPPORTED_DTYPES:       # quantized dtypes too
             return f"dtype {t.dtype}"
-        if 0 in t.shape:
-            return "zero-size tensor"
     return None
 
 

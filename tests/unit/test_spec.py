@@ -73,8 +73,7 @@ def test_key_tensor_lists_flattened():
 
 
 @pytest.mark.parametrize("t,what", [(torch.ones(2, dtype=torch.complex64), "dtype"),
-                                    (torch.ones(2, dtype=torch.uint8), "dtype"),
-                                    (torch.ones(0, 3), "zero-size")])
+                                    (torch.ones(2, dtype=torch.uint8), "dtype")])
 def test_unsupported_inputs(t, what):
     # In the key (checked on a miss, then cached as a failure by key) ...
     key, tensors = spec.flatten(aten.neg.default, (t,), {})
@@ -97,3 +96,33 @@ def test_unsupported_dtype_falls_back_every_call():
         torch.testing.assert_close(tme.unwrap(torch.neg(tme.wrap(x))), torch.neg(x))
     (row,) = [r for r in tme.report().to_dict()["ops"] if r["op"] == "aten.neg.default"]
     assert row["fallback_calls"] == 2 and row["mlir_calls"] == 0 and "dtype" in row["reasons"]["unsupported"]
+
+
+def test_zero_size_input_with_a_result_to_compute_runs_through_mlir():
+    # sum over an empty dim is zeros, max over one the identity: a kernel computes them (the empty input is passed
+    # with its zero size); a call whose every result is empty has nothing to compute and falls back.
+    import torch_mlir_eager as tme
+    x = torch.ones(0, 3)
+    tme.reset_report()
+    torch.testing.assert_close(tme.unwrap(tme.wrap(x).sum(0)), x.sum(0))
+    torch.testing.assert_close(tme.unwrap(torch.cat([tme.wrap(x), tme.wrap(torch.ones(2, 3))])),
+                               torch.cat([x, torch.ones(2, 3)]))
+    t = tme.report().to_dict()["totals"]
+    assert t["mlir_calls"] == 2 and t["fallback_calls"] == 0, tme.report()
+    tme.reset_report()
+    torch.testing.assert_close(tme.unwrap(-tme.wrap(x)), -x)
+    (row,) = [r for r in tme.report().to_dict()["ops"] if r["op"] == "aten.neg.default"]
+    assert row["fallback_calls"] == 1 and "zero-size result" in row["reasons"]["unsupported"]
+
+
+@pytest.mark.parametrize("fn", [lambda t: torch.amax(t, 0), lambda t: torch.amax(t, 0, keepdim=True),
+                                lambda t: torch.argmax(t), lambda t: torch.max(t, 0), lambda t: torch.cumsum(t, 0)],
+                         ids=["amax", "amax-keepdim", "argmax", "max.dim", "cumsum"])
+def test_reduction_of_a_0d_tensor_runs_through_mlir(fn):
+    # torch-mlir fails on these along dim 0 of a 0-d tensor; the kernel runs the op on it viewed as shape [1]
+    import torch_mlir_eager as tme
+    x = torch.tensor(-1.5)
+    tme.reset_report()
+    torch.testing.assert_close(tme.unwrap(fn(tme.wrap(x))), fn(x))
+    t = tme.report().to_dict()["totals"]
+    assert t["mlir_calls"] == 1 and t["fallback_calls"] == 0, tme.report()
