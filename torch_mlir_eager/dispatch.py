@@ -84,7 +84,7 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
     direct = False
     if dests is not None:
         for d, m in zip(dests, kernel.outputs):
-            if not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
+            if m is None or not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
                 raise CompileFailure("unsupported", "destination needs a resize or a cast")
         direct = e.write_in_place and kernel.inplace_safe and dests[0].is_contiguous()
     try:

@@ -26,12 +26,13 @@ def _fake_call(func, args, kwargs, tensors):
 
 
 def _results(out) -> list:
-    """The results the kernel computes: zero-size ones hold no data and are allocated by the caller instead."""
+    """The results the kernel computes: zero-size ones hold no data and are allocated by the caller instead; None
+    ones (a gradient not asked for) are returned as None."""
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     for o in outs:
-        if not isinstance(o, torch.Tensor):
+        if not isinstance(o, torch.Tensor) and o is not None:
             raise CompileFailure("unsupported", f"non-tensor result {type(o).__name__}")
-    kept = [o for o in outs if o.numel() > 0]
+    kept = [o for o in outs if o is not None and o.numel() > 0]
     if not kept:
         raise CompileFailure("unsupported", "zero-size result")
     return kept
@@ -85,7 +86,7 @@ def one_node_graph(func, args, kwargs, tensors, perms=None) -> tuple:
     if isinstance(out, (tuple, list)):
         outs = []
         for i, r in enumerate(out):
-            if r.numel() == 0:
+            if r is None or r.numel() == 0:
                 continue
             gi = g.call_function(operator.getitem, (node, i))
             gi.meta["val"] = lifted_out[i] if lifted else r
@@ -175,7 +176,7 @@ def decomposed_graph(func, args, kwargs, tensors, perms=None) -> tuple:
             r = (r[0].view(shape),) + tuple(r[1:])
         else:
             r = func(*a, **k)
-        return tuple(x for x in (r if isinstance(r, (tuple, list)) else (r,)) if x.numel() > 0)
+        return tuple(x for x in (r if isinstance(r, (tuple, list)) else (r,)) if x is not None and x.numel() > 0)
 
     try:
         bases = tensors if not perms else [t if p is None else t.permute(p) for t, p in zip(tensors, perms)]

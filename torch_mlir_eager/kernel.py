@@ -125,11 +125,13 @@ def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], se
     os_ = [f"o{i}" for i in range(len(outputs))]
     prep = [f"    t{i} = t{i}.contiguous()" if perms is None or perms[i] is None else f"    t{i} = t{i}.permute(P{i})"
             for i in range(n_in)]
-    passed = ts + [o for o, m in zip(os_, outputs) if not m.empty]
-    result = ", ".join(o if m.contiguous else f"_restride({o}, M{i})" for i, (o, m) in enumerate(zip(os_, outputs)))
+    passed = ts + [o for o, m in zip(os_, outputs) if m is not None and not m.empty]
+    result = ", ".join(o if m is None or m.contiguous else f"_restride({o}, M{i})"
+                       for i, (o, m) in enumerate(zip(os_, outputs)))
     body = [f"    {', '.join(ts)}, = tensors" if ts else "    pass",
             "    if outs is None:",
-            *[f"        {o} = _empty_like(T{i})" for i, o in enumerate(os_)],
+            *[f"        {o} = _empty_like(T{i})" if m is not None else f"        {o} = None"
+              for i, (o, m) in enumerate(zip(os_, outputs))],
             "    else:",
             f"        {', '.join(os_)}, = outs",
             *[f"    p{v} = {v}.data_ptr()" for v in passed],
@@ -193,12 +195,12 @@ class Kernel:
         self.input_perms = [tuple(p) if p is not None else None for p in input_perms] if input_perms else None
         self.inplace_safe = inplace_safe   # the kernel may write into input 0's memory (worker._single_pointwise)
         self._ctx, self._module, self._ee, addr = _engine(llvm_ir)   # keep the engine (and its code) alive
-        descs = _Descriptors(self.inputs + [m for m in self.outputs if not m.empty])
+        descs = _Descriptors(self.inputs + [m for m in self.outputs if m is not None and not m.empty])
         # torch.empty_like of a one-element tensor expanded to the shape: ~0.6 us per output instead of ~1.1 us for
         # torch.empty(shape, dtype=...) (keyword parsing), and it holds no memory of the output's size. An expanded
         # template is not dense, so empty_like gives contiguous strides; one of <= 1 element would keep its zero
         # strides, so those templates are real (tiny) tensors.
-        templates = [torch.empty(m.shape, dtype=m.dtype) if math.prod(m.shape) <= 1 else
+        templates = [None if m is None else torch.empty(m.shape, dtype=m.dtype) if math.prod(m.shape) <= 1 else
                      torch.empty((), dtype=m.dtype).expand(m.shape) for m in self.outputs]
         env = {"_empty_like": torch.empty_like, "_restride": _restride, "tls": threading.local(),
                "lock": threading.Lock(),

@@ -62,6 +62,11 @@ CHECKS: Dict[str, Callable[[dict], bool]] = {
                                "nll_loss2d_backward")},
     **{name: (lambda a: _in_range(a["indices"], math.prod(a["output_size"]), negative_ok=False))
        for name in ("max_unpool2d", "max_unpool3d")},
+    # the indices max pooling returned: positions in each (n, c) plane of the pooled input
+    "max_pool2d_with_indices_backward":
+        lambda a: _in_range(a["indices"], math.prod(a["self"].shape[-2:]), negative_ok=False),
+    "max_pool3d_with_indices_backward":
+        lambda a: _in_range(a["indices"], math.prod(a["self"].shape[-3:]), negative_ok=False),
 }
 
 
