@@ -62,6 +62,11 @@ CHECKS: Dict[str, Callable[[dict], bool]] = {
                                "nll_loss2d_backward")},
     **{name: (lambda a: _in_range(a["indices"], math.prod(a["output_size"]), negative_ok=False))
        for name in ("max_unpool2d", "max_unpool3d")},
+    "multi_margin_loss": lambda a: _in_range(a["target"], a["self"].size(-1), negative_ok=False),
+    # a row's target classes, ended by the first -1
+    "multilabel_margin_loss_forward": lambda a: a["target"].numel() == 0 or (
+        int(a["target"].min()) >= -1 and int(a["target"].max()) < a["self"].size(-1)),
+    "put": lambda a: _in_range(a["index"], a["self"].numel(), negative_ok=True),
     # the indices max pooling returned: positions in each (n, c) plane of the pooled input
     "max_pool2d_with_indices_backward":
         lambda a: _in_range(a["indices"], math.prod(a["self"].shape[-2:]), negative_ok=False),

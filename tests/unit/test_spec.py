@@ -126,3 +126,17 @@ def test_reduction_of_a_0d_tensor_runs_through_mlir(fn):
     torch.testing.assert_close(tme.unwrap(fn(tme.wrap(x))), fn(x))
     t = tme.report().to_dict()["totals"]
     assert t["mlir_calls"] == 1 and t["fallback_calls"] == 0, tme.report()
+
+
+def test_margin_losses_with_checked_targets_run_through_mlir():
+    # their `target` holds class positions: checked in range (validate.py) before the kernel reads them
+    import torch_mlir_eager as tme
+    x, t = torch.randn(4, 5), torch.tensor([0, 4, 2, 1])
+    tme.reset_report()
+    torch.testing.assert_close(tme.unwrap(torch.nn.functional.multi_margin_loss(tme.wrap(x), tme.wrap(t))),
+                               torch.nn.functional.multi_margin_loss(x, t))
+    assert tme.report().to_dict()["totals"]["mlir_calls"] == 1, tme.report()
+    tme.reset_report()
+    bad = torch.tensor([0, 5, 2, 1])           # out of range: PyTorch's own error, not a kernel reading past x
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.multi_margin_loss(tme.wrap(x), tme.wrap(bad))
