@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import operator
 
 import torch
@@ -10,6 +11,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .errors import CompileFailure
 from .spec import map_tensors
+
+_aten = torch.ops.aten
 
 
 def _fake_call(func, args, kwargs, tensors):
@@ -125,6 +128,9 @@ def decomposition_for(func) -> dict:
     if func in _EVAL_BATCH_NORM and func in table:
         table = dict(table)
         table[func] = functools.partial(_eval_batch_norm, table[func])
+    if func in _OWN:
+        table = dict(table)
+        table[func] = _OWN[func]
     return table
 
 
@@ -147,10 +153,38 @@ def _eval_batch_norm(general, x, weight, bias, mean, var, training, momentum, ep
     return y, x.new_zeros((0,)), x.new_zeros((0,))
 
 
+def _native_mha(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias, proj_weight, proj_bias, mask=None,
+                need_weights=True, average_attn_weights=True, mask_type=None):
+    """nn.MultiheadAttention's inference fast path (ViT, nn.TransformerEncoderLayer in eval) written out in ATen
+    ops, in PyTorch's CPU order: q, k, v projected with the packed weight and bias, q divided by sqrt(head dim),
+    softmax(q k^T) v per head, heads merged, then the output projection. Batched (B, L, E) inputs without a mask
+    only: anything else raises here and the call runs natively."""
+    if mask is not None or query.dim() != 3:
+        raise NotImplementedError("_native_multi_head_attention: only unmasked batched inputs are decomposed")
+    b, lq, e = query.shape
+    d = e // num_head
+    w_q, w_k, w_v = qkv_weight.split(embed_dim)
+    b_q, b_k, b_v = qkv_bias.split(embed_dim)
+
+    def heads(x, w, bias):
+        y = torch.nn.functional.linear(x, w, bias)
+        return y.view(b, x.shape[1], num_head, d).transpose(1, 2)
+    q = heads(query, w_q, b_q) / math.sqrt(d)
+    k, v = heads(key, w_k, b_k), heads(value, w_v, b_v)
+    att = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+    out = (att @ v).transpose(1, 2).reshape(b, lq, e)
+    out = torch.nn.functional.linear(out, proj_weight, proj_bias)
+    if not need_weights:
+        return out, None              # what PyTorch returns (an undefined tensor)
+    return out, att.mean(dim=1) if average_attn_weights else att
+
+
+# Our own decompositions of ops that neither table decomposes.
+_OWN = {_aten._native_multi_head_attention.default: _native_mha}
+
 # Per-channel ops whose spatial dims may be traced as one (x viewed as N x C x H*W, the result viewed back): the
 # kernel's inner loop then runs over H*W contiguous elements instead of W (7, 14, 28), which LLVM vectorizes
 # (eval batch norm at 1x128x28x28: 30 us -> 13 us).
-_aten = torch.ops.aten
 _EVAL_BATCH_NORM = frozenset({_aten.native_batch_norm.default})
 _SPATIAL_FLAT = frozenset({_aten.native_batch_norm.default, _aten._native_batch_norm_legit_no_training.default,
                            _aten._native_batch_norm_legit.default, _aten._native_batch_norm_legit.no_stats})
@@ -179,12 +213,27 @@ def decomposed_graph(func, args, kwargs, tensors, perms=None) -> tuple:
         return tuple(x for x in (r if isinstance(r, (tuple, list)) else (r,)) if x is not None and x.numel() > 0)
 
     try:
-        bases = tensors if not perms else [t if p is None else t.permute(p) for t, p in zip(tensors, perms)]
+        bases = _distinct(tensors if not perms else
+                          [t if p is None else t.permute(p) for t, p in zip(tensors, perms)])
         gm = make_fx(fn, decomposition_table=decomposition_for(func), tracing_mode="fake")(*bases)
     except Exception as e:
         raise CompileFailure("import", f"decomposition: {type(e).__name__}: {e}") from None
     gm.graph.eliminate_dead_code()   # decompositions leave unused temporaries (zero-size stats, ...)
     return gm.graph, results
+
+
+def _distinct(tensors) -> list:
+    """The tensors to trace with, each a distinct object: make_fx gives one tensor passed twice (q, k and v all x
+    in self-attention, mul(x, x)) one placeholder, and the kernel would then read input 0 where a later call
+    passes different tensors. A repeat is replaced by an uninitialized tensor of the same metadata (tracing is
+    fake: only metadata counts)."""
+    seen, out = set(), []
+    for t in tensors:
+        if id(t) in seen:
+            t = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype)
+        seen.add(id(t))
+        out.append(t)
+    return out
 
 
 def import_graph(ctx, graph: fx.Graph):

@@ -59,7 +59,7 @@ CONTRACTIONS = frozenset({"aten.mm.default", "aten.addmm.default", "aten.bmm.def
                           "aten.addbmm.default", "aten.mv.default", "aten.addmv.default", "aten.dot.default",
                           "aten.vdot.default", "aten.convolution.default", "aten._convolution.default",
                           "aten.convolution_backward.default", "aten.linear.default", "aten.matmul.default",
-                          "aten.tensordot.default", "aten.einsum.default"})
+                          "aten.tensordot.default", "aten.einsum.default", "aten._native_multi_head_attention.default"})
 
 
 # Ops whose kernels take a transposed input (a linear layer's weight.t(), k.transpose(-1, -2) in attention) as
