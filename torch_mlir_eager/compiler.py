@@ -39,8 +39,10 @@ class WorkerClient:
         if self._stderr is not None:
             self._stderr.close()          # the previous worker's log: one open file, not one per restart
         self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen([sys.executable, "-m", "torch_mlir_eager.worker"], env=env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        # -c, not -m: runpy's warning that the package already imported the module would be stderr's last line,
+        # which a crash's reason quotes when the signal left no message of its own.
+        self._proc = subprocess.Popen([sys.executable, "-c", "from torch_mlir_eager.worker import main; main()"],
+                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         self.starts += 1
         reply = self._recv(config.get().worker_start_timeout_s, "worker start")
         if "ready" not in reply:

@@ -38,7 +38,7 @@ class OpResult:
     raised: int = 0                  # samples that raise natively (the wrapped call must raise the same type)
     mlir: int = 0                    # calls through MLIR
     fallback: int = 0                # calls that fell back to native PyTorch
-    native: int = 0                  # calls native by design (views, random, no tensor in/out)
+    native: int = 0                  # calls native by design (views, random, no tensor in/out, dynamic shapes)
     reasons: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)   # aten op -> category -> why
     mismatch: Optional[str] = None   # the first sample whose wrapped result or error differed from native
 

@@ -28,16 +28,24 @@ def _fake_call(func, args, kwargs, tensors):
     return fakes, out
 
 
+def computed(outs) -> list:
+    """Per result, whether the kernel computes it: zero-size results hold no data and are allocated by the caller,
+    unless every result is zero-size (an op on an empty batch): then the kernel returns them all, and the call
+    still runs through MLIR (lowering at zero sizes can fail: repeat of an empty tensor divides by zero). None
+    results (a gradient not asked for) are never computed and are returned as None."""
+    some = any(o is not None and o.numel() > 0 for o in outs)
+    return [o is not None and (o.numel() > 0 or not some) for o in outs]
+
+
 def _results(out) -> list:
-    """The results the kernel computes: zero-size ones hold no data and are allocated by the caller instead; None
-    ones (a gradient not asked for) are returned as None."""
+    """The results the kernel computes (see `computed`)."""
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     for o in outs:
         if not isinstance(o, torch.Tensor) and o is not None:
             raise CompileFailure("unsupported", f"non-tensor result {type(o).__name__}")
-    kept = [o for o in outs if o is not None and o.numel() > 0]
+    kept = [o for o, c in zip(outs, computed(outs)) if c]
     if not kept:
-        raise CompileFailure("unsupported", "zero-size result")
+        raise CompileFailure("unsupported", "no tensor result")
     return kept
 
 
@@ -88,8 +96,8 @@ def one_node_graph(func, args, kwargs, tensors, perms=None) -> tuple:
         return v
     if isinstance(out, (tuple, list)):
         outs = []
-        for i, r in enumerate(out):
-            if r is None or r.numel() == 0:
+        for i, (r, c) in enumerate(zip(out, computed(out))):
+            if not c:
                 continue
             gi = g.call_function(operator.getitem, (node, i))
             gi.meta["val"] = lifted_out[i] if lifted else r
@@ -210,7 +218,8 @@ def decomposed_graph(func, args, kwargs, tensors, perms=None) -> tuple:
             r = (r[0].view(shape),) + tuple(r[1:])
         else:
             r = func(*a, **k)
-        return tuple(x for x in (r if isinstance(r, (tuple, list)) else (r,)) if x is not None and x.numel() > 0)
+        r = r if isinstance(r, (tuple, list)) else (r,)
+        return tuple(x for x, c in zip(r, computed(r)) if c)
 
     try:
         bases = _distinct(tensors if not perms else

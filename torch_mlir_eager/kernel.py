@@ -40,19 +40,21 @@ def _contiguous_strides(shape: Sequence[int]) -> tuple:
 class TensorMeta:
     __slots__ = ("shape", "dtype", "strides", "contiguous", "empty")
 
-    def __init__(self, shape, dtype, strides=None):
+    def __init__(self, shape, dtype, strides=None, empty=None):
         self.shape = tuple(shape)
         self.dtype = dtype
         self.strides = tuple(strides) if strides is not None else _contiguous_strides(self.shape)
         self.contiguous = self.strides == _contiguous_strides(self.shape) or len(self.shape) == 0
-        self.empty = 0 in self.shape      # no data: allocated by the caller, not passed to the kernel
+        # An output with no data, allocated by the caller and not passed to the kernel (importer.computed): a
+        # zero-size one beside results with data.
+        self.empty = 0 in self.shape if empty is None else empty
 
     @classmethod
-    def of(cls, t: torch.Tensor) -> "TensorMeta":
-        return cls(t.shape, t.dtype, t.stride())
+    def of(cls, t: torch.Tensor, empty=None) -> "TensorMeta":
+        return cls(t.shape, t.dtype, t.stride(), empty)
 
     def __reduce__(self):
-        return (TensorMeta, (self.shape, self.dtype, self.strides))
+        return (TensorMeta, (self.shape, self.dtype, self.strides, self.empty))
 
     def __repr__(self):
         return f"tensor[{'x'.join(map(str, self.shape))}:{MLIR_ELEMENT.get(self.dtype, self.dtype)}]"

@@ -117,7 +117,7 @@ class Report:
         decided = t["mlir_calls"] + t["fallback_calls"]
         line = (f"torch-mlir-eager: {100 * t['mlir_share']:.1f}% of {decided} calls through MLIR "
                 f"({t['mlir_calls']} MLIR, {t['fallback_calls']} fell back); "
-                f"native by design (views, random, no tensor in/out): {t['native_calls']} calls "
+                f"native by design (views, random, no tensor in/out, dynamic shapes): {t['native_calls']} calls "
                 f"({100 * t['native_share']:.1f}% of all {t['calls']}); compile {t['compile_s']:.2f} s")
         failed = self.fell_back()
         parts = [f"{r.op} ({r.fallback_calls}: {', '.join(sorted(r.fallback_by_category))})" for r in failed]

@@ -21,6 +21,10 @@ SUPPORTED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch
 # Ops whose schema says "new tensor" but which PyTorch implements as a view of their input.
 _VIEW_LIKE = frozenset({aten._unsafe_view.default})
 
+# Ops tagged dynamic_output_shape whose usual calls have a static result shape (integer-tensor indexing, one_hot
+# with num_classes): compiled; a call whose shape is data-dependent fails in the worker and falls back.
+_STATIC_MOSTLY = frozenset({aten.index.Tensor, aten.one_hot.default})
+
 # Allocations whose result is uninitialized memory: the input gives only shape and dtype; nothing to compute.
 _ALLOCATIONS = frozenset({aten.empty_like.default, aten.new_empty.default, aten.new_empty_strided.default})
 
@@ -77,6 +81,11 @@ def plan(func: torch._ops.OpOverload) -> OpPlan:
         return OpPlan(name, "allocation (uninitialized result)")
     if not _returns_tensor(schema):
         return OpPlan(name, "no tensor result")
+    if (torch.Tag.dynamic_output_shape in tags or torch.Tag.data_dependent_output in tags) and \
+            func not in _STATIC_MOSTLY:
+        # nonzero, masked_select, unique, bincount, ...: the result's shape depends on the input's values, which no
+        # shape-specialized kernel can have.
+        return OpPlan(name, "dynamic output shape")
     writes = _writes(schema)
     if not writes:
         return OpPlan(name, None, functional=func)

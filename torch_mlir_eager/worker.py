@@ -182,7 +182,8 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     lowering.reassociate_reductions(module)
     bases = tensors if perms is None else [t if p is None else t.permute(p) for t, p in zip(tensors, perms)]
     in_metas = [TensorMeta(t.shape, t.dtype) for t in bases]
-    out_metas = [TensorMeta.of(n) if n is not None else None for n in natives]
+    out_metas = [TensorMeta.of(n, empty=not c) if n is not None else None
+                 for n, c in zip(natives, importer.computed(natives))]
     _signature_check(module, in_metas, [m for m in out_metas if m is not None and not m.empty])
     info["inplace_safe"] = _single_pointwise(module)
     t2 = time.perf_counter()

@@ -59,11 +59,13 @@ def test_failures_are_negative_cached():
 
 
 def test_real_native_crash_in_lowering_survives():
-    # torch-mlir 20261001 aborts ("LLVM ERROR") lowering a cast to complex; complex is refused before lowering,
-    # and SIGFPE on repeat of an empty tensor is avoided: a call whose results are all empty is not compiled.
+    # torch-mlir 20261001 aborts ("LLVM ERROR") lowering a cast to complex (refused before lowering), and its
+    # kernel for repeat of an empty tensor divides by zero: SIGFPE in the worker, a crash fallback.
     x = torch.randn(0)
     got = tme.unwrap(tme.wrap(x).repeat(0))
     assert got.shape == x.repeat(0).shape
+    r = row("aten.repeat.default")
+    assert r["fallback_calls"] == 1 and r["reasons"]["crash"] == "worker died: SIGFPE", r
     y = torch.randn(2, 3)
     got = tme.unwrap(tme.wrap(y).to(torch.complex64))
     torch.testing.assert_close(got, y.to(torch.complex64))
