@@ -14,6 +14,9 @@ class Config:
     compile_timeout_s: float = 60.0   # one compile + qualifying run in the worker
     worker_start_timeout_s: float = 180.0
     report_at_exit: bool = False      # TORCH_MLIR_EAGER_REPORT=1
+    disk_cache: bool = True           # keep compiled kernels on disk across processes (disk_cache.py)
+    cache_dir: str = ""               # TORCH_MLIR_EAGER_CACHE_DIR; "" = $XDG_CACHE_HOME (~/.cache)/torch_mlir_eager
+    disk_cache_mb: float = 1024.0     # TORCH_MLIR_EAGER_CACHE_MB: the disk cache's size bound
     schedules: bool = True            # per-op-family kernel schedules (schedules.py); 0 = plain loops only
     threads: int = 0                  # threads per scheduled kernel; 0 = torch.get_num_threads()
     # Test hook: {"aten.op.overload": "abort" | "hang" | "wrong"} makes the worker misbehave on that op.
@@ -36,6 +39,12 @@ def _from_env() -> Config:
         kw["threads"] = int(env["TORCH_MLIR_EAGER_THREADS"])
     if "TORCH_MLIR_EAGER_SCHEDULES" in env:
         kw["schedules"] = _env_bool("TORCH_MLIR_EAGER_SCHEDULES")
+    if "TORCH_MLIR_EAGER_CACHE_DIR" in env:
+        kw["cache_dir"] = env["TORCH_MLIR_EAGER_CACHE_DIR"]
+    if "TORCH_MLIR_EAGER_DISK_CACHE" in env:
+        kw["disk_cache"] = _env_bool("TORCH_MLIR_EAGER_DISK_CACHE")
+    if "TORCH_MLIR_EAGER_CACHE_MB" in env:
+        kw["disk_cache_mb"] = float(env["TORCH_MLIR_EAGER_CACHE_MB"])
     return Config(**kw)
 
 

@@ -8,6 +8,7 @@ import os
 import struct
 import sys
 import threading
+import weakref
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -148,6 +149,14 @@ def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], se
                       "def call(tensors, outs=None):", *body])
 
 
+def _dlclose(handle: int) -> None:
+    import _ctypes
+    try:
+        _ctypes.dlclose(handle)
+    except OSError:
+        pass
+
+
 def _restride(out: torch.Tensor, m: TensorMeta) -> torch.Tensor:
     """A contiguous kernel output copied into the native result's strides."""
     return torch.empty_strided(m.shape, m.strides, dtype=m.dtype).copy_(out)
@@ -191,12 +200,16 @@ class Kernel:
     contiguous base the kernel takes, so a weight's t() is not copied per call."""
 
     def __init__(self, llvm_ir: str, inputs: List[TensorMeta], outputs: List[TensorMeta],
-                 input_perms: Optional[list] = None, inplace_safe: bool = False):
+                 input_perms: Optional[list] = None, inplace_safe: bool = False, engine: Optional[tuple] = None):
         self.llvm_ir = llvm_ir
         self.inputs, self.outputs = list(inputs), list(outputs)
         self.input_perms = [tuple(p) if p is not None else None for p in input_perms] if input_perms else None
         self.inplace_safe = inplace_safe   # the kernel may write into input 0's memory (worker._single_pointwise)
-        self._ctx, self._module, self._ee, addr = _engine(llvm_ir)   # keep the engine (and its code) alive
+        # `engine`: (ctx, module, code, address of the packed entry point) already loaded (disk_cache: a shared
+        # library of the JIT's object code); else the IR is JIT-compiled here.
+        self._ctx, self._module, self._ee, addr = engine or _engine(llvm_ir)   # keep the code alive
+        if engine is not None and hasattr(self._ee, "_handle"):
+            weakref.finalize(self, _dlclose, self._ee._handle)     # an evicted kernel's library is unmapped
         descs = _Descriptors(self.inputs + [m for m in self.outputs if m is not None and not m.empty])
         # torch.empty_like of a one-element tensor expanded to the shape: ~0.6 us per output instead of ~1.1 us for
         # torch.empty(shape, dtype=...) (keyword parsing), and it holds no memory of the output's size. An expanded
@@ -213,6 +226,11 @@ class Kernel:
         exec(_call_source(len(self.inputs), self.input_perms, self.outputs, SCRATCH_SYMBOL in llvm_ir), env)
         self.run: Callable = env.pop("run")      # popped: the functions' globals must not refer back to them
         self._call: Callable = env.pop("call")
+
+    @property
+    def engine(self):
+        """The ExecutionEngine (None for a kernel loaded from a library)."""
+        return self._ee if self._module is not None else None
 
     def prepare(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """The kernel's inputs for a call's tensors, as `run` makes them: contiguous, or the contiguous base of a

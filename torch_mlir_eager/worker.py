@@ -167,11 +167,15 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
 
     inject = req.get("inject", "")
     t0 = time.perf_counter()
-    build = importer.decomposed_graph if decompose else importer.one_node_graph
     perms = _transposed_rhs_perms(func, tensors, natives) if req.get("schedules", True) else None
     if perms is not None:
         info["input_perms"] = perms
-    graph, fakes = build(func, args, kwargs, tensors, perms)
+    if importer.needs_upcast(tensors, natives):
+        info["upcast"] = True
+        graph, fakes = importer.upcast_graph(func, args, kwargs, tensors, perms, decompose)
+    else:
+        build = importer.decomposed_graph if decompose else importer.one_node_graph
+        graph, fakes = build(func, args, kwargs, tensors, perms)
     for f in fakes:
         if f.dtype not in MLIR_ELEMENT:
             raise CompileFailure("unsupported", f"result dtype {f.dtype}")
