@@ -42,6 +42,12 @@ class KernelCache:
         with self._lock:
             self._failures[key] = failure
 
+    def discard(self, key, failure: CompileFailure) -> None:
+        """A kernel found wrong (verify mode): never used again; the key is a known failure from now on."""
+        with self._lock:
+            self._kernels.pop(key, None)
+            self._failures[key] = failure
+
     def info(self) -> dict:
         with self._lock:
             return {"kernels": len(self._kernels), "kernel_maxsize": self._kernels.maxsize,

@@ -14,6 +14,9 @@ class Config:
     compile_timeout_s: float = 60.0   # one compile + qualifying run in the worker
     worker_start_timeout_s: float = 180.0
     report_at_exit: bool = False      # TORCH_MLIR_EAGER_REPORT=1
+    verify: bool = False              # TORCH_MLIR_EAGER_VERIFY=1: check every MLIR result against native PyTorch
+    strict: bool = False              # TORCH_MLIR_EAGER_STRICT=1: a fallback or a verify mismatch raises
+    dump_dir: str = ""                # TORCH_MLIR_EAGER_DUMP_DIR: a repro per failing key (repro.py)
     disk_cache: bool = True           # keep compiled kernels on disk across processes (disk_cache.py)
     cache_dir: str = ""               # TORCH_MLIR_EAGER_CACHE_DIR; "" = $XDG_CACHE_HOME (~/.cache)/torch_mlir_eager
     disk_cache_mb: float = 1024.0     # TORCH_MLIR_EAGER_CACHE_MB: the disk cache's size bound
@@ -35,6 +38,9 @@ def _from_env() -> Config:
     if "TORCH_MLIR_EAGER_COMPILE_TIMEOUT" in env:
         kw["compile_timeout_s"] = float(env["TORCH_MLIR_EAGER_COMPILE_TIMEOUT"])
     kw["report_at_exit"] = _env_bool("TORCH_MLIR_EAGER_REPORT")
+    kw["verify"] = _env_bool("TORCH_MLIR_EAGER_VERIFY")
+    kw["strict"] = _env_bool("TORCH_MLIR_EAGER_STRICT")
+    kw["dump_dir"] = env.get("TORCH_MLIR_EAGER_DUMP_DIR", "")
     if "TORCH_MLIR_EAGER_THREADS" in env:
         kw["threads"] = int(env["TORCH_MLIR_EAGER_THREADS"])
     if "TORCH_MLIR_EAGER_SCHEDULES" in env:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import torch
 
-from . import compiler, spec, validate
-from .errors import CompileFailure
+from . import compiler, config, spec, validate
+from .errors import CompileFailure, StrictModeError
 from .report import Recorder
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,20 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
             if m is None or not isinstance(d, torch.Tensor) or tuple(d.shape) != m.shape or d.dtype != m.dtype:
                 raise CompileFailure("unsupported", "destination needs a resize or a cast")
         direct = e.write_in_place and kernel.inplace_safe and dests[0].is_contiguous()
+    # Verify mode: native's result first (the kernel may write into args[0]), then compared with the kernel's.
+    want = _native(p.functional, args, kwargs) if config._current.verify else None
     try:
         outs = kernel.run(tensors, dests if direct else None)
     except Exception as exc:
         failure = CompileFailure("runtime", f"{type(exc).__name__}: {exc}")
         cache.put_failure(key, failure)      # a kernel that raised is not tried again
         raise failure from None
-    recorder.mlir(p.name, hit)
+    if want is None:
+        recorder.mlir(p.name, hit)
+    elif _verified(p, key, outs, want):
+        recorder.mlir(p.name, hit)
+    else:                                    # native's result instead (recorded as a fallback)
+        outs, direct = want, False
     if dests is None:
         if e.returns_list:
             return outs
@@ -114,6 +122,47 @@ def _no_partial_alias(dest, tensors) -> bool:
                 t.data_ptr() != dest.data_ptr() or t.shape != dest.shape or t.stride() != dest.stride()):
             return False
     return True
+
+
+def _native(func, args, kwargs) -> list:
+    out = func(*args, **kwargs)
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _verified(p, key, outs, want) -> bool:
+    """Whether the kernel's results equal native's (within the tolerance kernels are qualified with). A kernel
+    that differs is dropped from the cache and its key marked failed; the report gets the op's max errors."""
+    from .worker import tolerance
+    import torch
+    recorder.verified(p.name)
+    for got, w in zip(outs, want):
+        if got is None or w is None:
+            continue
+        try:
+            torch.testing.assert_close(got, w, equal_nan=True, check_stride=False, **tolerance(p.functional, w))
+        except AssertionError as e:
+            abs_err, rel_err = _errors(got, w)
+            reason = f"verify: max abs error {abs_err:.3g}, max rel error {rel_err:.3g} " \
+                     f"({' '.join(str(e).split(chr(10))[1:2]).strip()})"
+            compiler.cache().discard(key, CompileFailure("mismatch", reason))
+            recorder.mismatch(p.name, abs_err, rel_err, reason)
+            if config._current.strict:
+                raise StrictModeError(p.name, "mismatch", reason)
+            return False
+    return True
+
+
+def _errors(got, want) -> tuple:
+    import torch
+    if got.shape != want.shape:
+        return math.inf, math.inf
+    g, w = got.detach().double(), want.detach().double()
+    d = (g - w).abs()
+    d = torch.where(torch.isnan(g) & torch.isnan(w), torch.zeros_like(d), d).nan_to_num(nan=math.inf)
+    if not d.numel():
+        return 0.0, 0.0
+    rel = d / w.abs().clamp_min(torch.finfo(torch.float64).tiny)
+    return float(d.max()), float(rel.max())
 
 
 class _NoTensorInput(Exception):
@@ -139,4 +188,6 @@ def call_entry(e: OpEntry, args: tuple, kwargs: dict):
         return func(*args, **kwargs)
     log.debug("%s falls back (%s: %s)", p.name, failure.category, failure.reason)
     recorder.fallback(p.name, failure.category, failure.reason)
+    if config._current.strict:
+        raise StrictModeError(p.name, failure.category, failure.reason)
     return func(*args, **kwargs)      # outside the handler: PyTorch's own errors reach the user unchained

@@ -23,3 +23,12 @@ def first_line(text: str, limit: int = 300) -> str:
         if line:
             return line[:limit]
     return "(no message)"
+
+
+class StrictModeError(RuntimeError):
+    """Strict mode (config.strict): a call that would have fallen back to native PyTorch, or whose MLIR result
+    differed from native in verify mode, raises this instead."""
+
+    def __init__(self, op: str, category: str, reason: str):
+        self.op, self.category, self.reason = op, category, reason
+        super().__init__(f"{op} did not run through MLIR ({category}: {reason})")

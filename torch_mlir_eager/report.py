@@ -19,6 +19,11 @@ class OpStats:
     reasons: Dict[str, str] = dataclasses.field(default_factory=dict)         # category -> first reason
     fallback_by_category: Dict[str, int] = dataclasses.field(default_factory=dict)
     native_reason: str = ""
+    verified: int = 0                 # verify mode: MLIR results checked against native
+    mismatches: int = 0               # ... that differed (native's result was returned; counted as fallbacks)
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    repro: str = ""                   # dump-dir mode: the repro directory of the first failing key
 
     @property
     def calls(self) -> int:
@@ -30,7 +35,8 @@ class OpStats:
                 "cache_hits": self.cache_hits, "compiles": self.compiles,
                 "compile_s": round(self.compile_s, 6), "reasons": dict(self.reasons),
                 "fallback_by_category": dict(self.fallback_by_category),
-                "native_reason": self.native_reason}
+                "native_reason": self.native_reason, "verified": self.verified, "mismatches": self.mismatches,
+                "max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err, "repro": self.repro}
 
 
 class Recorder:
@@ -71,6 +77,24 @@ class Recorder:
             row.fallback_by_category[category] = row.fallback_by_category.get(category, 0) + 1
             row.reasons.setdefault(category, reason)
 
+    def verified(self, op: str) -> None:
+        with self._lock:
+            self._row(op).verified += 1
+
+    def mismatch(self, op: str, abs_err: float, rel_err: float, reason: str) -> None:
+        """A verified MLIR result that differed from native: native's result was returned (a fallback)."""
+        with self._lock:
+            row = self._row(op)
+            row.mismatches += 1
+            row.max_abs_err = max(row.max_abs_err, abs_err)
+            row.max_rel_err = max(row.max_rel_err, rel_err)
+        self.fallback(op, "mismatch", reason)
+
+    def repro(self, op: str, path: str) -> None:
+        with self._lock:
+            row = self._row(op)
+            row.repro = row.repro or path
+
     def reset(self) -> None:
         with self._lock:
             self._rows.clear()
@@ -90,7 +114,8 @@ class Report:
 
     def totals(self) -> dict:
         t = {k: sum(getattr(r, k) for r in self.rows)
-             for k in ("calls", "mlir_calls", "fallback_calls", "native_calls", "cache_hits", "compiles")}
+             for k in ("calls", "mlir_calls", "fallback_calls", "native_calls", "cache_hits", "compiles",
+                       "verified", "mismatches")}
         t["compile_s"] = round(sum(r.compile_s for r in self.rows), 6)
         decided = t["mlir_calls"] + t["fallback_calls"]
         t["mlir_share"] = t["mlir_calls"] / decided if decided else 1.0
@@ -130,8 +155,13 @@ class Report:
             why = "; ".join(f"{c}: {m}" for c, m in r.reasons.items())
             if r.native_calls and r.native_reason:
                 why = (why + "; " if why else "") + f"native: {r.native_reason}"
+            if r.mismatches:
+                why = f"verify: {r.mismatches} of {r.verified} differed (max abs {r.max_abs_err:.3g}, " \
+                      f"rel {r.max_rel_err:.3g}); " + why
+            if r.repro:
+                why += f"; repro: {r.repro}"
             body.append((r.op, r.calls, r.mlir_calls, r.fallback_calls, r.native_calls, r.cache_hits,
-                         r.compiles, f"{r.compile_s:.3f}", why[:120]))
+                         r.compiles, f"{r.compile_s:.3f}", why if r.repro else why[:120]))
         widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head) - 1)]
         fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths)) + "  {}"
         lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths), "-------")]
@@ -139,3 +169,30 @@ class Report:
         return "\n".join(lines + ["", self.summary()])
 
     __repr__ = __str__
+
+
+def markdown(d: dict) -> str:
+    """A saved report (`Report.to_dict()`, e.g. from `python -m torch_mlir_eager run --json`) as a Markdown table:
+    per op its calls, the MLIR share of those not native by design, and why the others did not run through MLIR."""
+    t = d["totals"]
+    lines = ["| op | calls | MLIR | fell back | native | MLIR % | compile s | reasons |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in d["ops"]:
+        decided = r["mlir_calls"] + r["fallback_calls"]
+        share = f"{100 * r['mlir_calls'] / decided:.1f}" if decided else "-"
+        why = [f"{c} ({r['fallback_by_category'].get(c, 0)}): {m}" for c, m in r["reasons"].items()]
+        if r["native_calls"] and r.get("native_reason"):
+            why.append(f"native: {r['native_reason']}")
+        if r.get("mismatches"):
+            why.insert(0, f"verify: {r['mismatches']} of {r['verified']} differed (max abs {r['max_abs_err']:.3g}, "
+                          f"rel {r['max_rel_err']:.3g})")
+        if r.get("repro"):
+            why.append(f"repro: `{r['repro']}`")
+        cell = "; ".join(why).replace("|", "\\|")
+        lines.append(f"| `{r['op']}` | {r['calls']} | {r['mlir_calls']} | {r['fallback_calls']} | "
+                     f"{r['native_calls']} | {share} | {r['compile_s']:.3f} | {cell} |")
+    decided = t["mlir_calls"] + t["fallback_calls"]
+    lines += ["", f"**{100 * t['mlir_share']:.1f}% of {decided} calls through MLIR** ({t['mlir_calls']} MLIR, "
+                  f"{t['fallback_calls']} fell back); native by design: {t['native_calls']} of {t['calls']} calls; "
+                  f"compile {t['compile_s']:.2f} s."]
+    return "\n".join(lines) + "\n"
