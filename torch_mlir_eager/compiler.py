@@ -162,6 +162,12 @@ def compile_kernel(key, func, args, kwargs, tensors):
     cfg = config.get()
     request = {"op": str(func), "args": args, "kwargs": kwargs, "inject": cfg.inject.get(str(func), ""),
                "schedules": cfg.schedules, "threads": kernel_threads()}
+    if cfg.dump_dir:
+        from . import repro
+        try:
+            request["dump"] = repro.directory(cfg.dump_dir, str(func), key)
+        except OSError as e:
+            log.warning("dump dir %s: %s", cfg.dump_dir, e)
     t0 = time.perf_counter()
     # A kernel compiled by an earlier process (never while a test hook makes the worker misbehave)
     disk = disk_cache.get() if not request["inject"] else None
@@ -196,6 +202,9 @@ def compile_kernel(key, func, args, kwargs, tensors):
                         inplace_safe=reply["info"].get("inplace_safe") is True)
     except CompileFailure as e:
         cache().put_failure(key, e)
+        if request.get("dump"):
+            from . import repro
+            e.repro = repro.write(request["dump"], func, args, kwargs, e.category, e.reason, key)
         log.info("compile %s failed after %.1f ms: %s", func, 1e3 * (time.perf_counter() - t0), e)
         raise
     cache().put(key, kernel)

@@ -98,7 +98,7 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         raise failure from None
     if want is None:
         recorder.mlir(p.name, hit)
-    elif _verified(p, key, outs, want):
+    elif _verified(p, key, kernel, args, kwargs, outs, want):
         recorder.mlir(p.name, hit)
     else:                                    # native's result instead (recorded as a fallback)
         outs, direct = want, False
@@ -129,7 +129,7 @@ def _native(func, args, kwargs) -> list:
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def _verified(p, key, outs, want) -> bool:
+def _verified(p, key, kernel, args, kwargs, outs, want) -> bool:
     """Whether the kernel's results equal native's (within the tolerance kernels are qualified with). A kernel
     that differs is dropped from the cache and its key marked failed; the report gets the op's max errors."""
     from .worker import tolerance
@@ -144,8 +144,14 @@ def _verified(p, key, outs, want) -> bool:
             abs_err, rel_err = _errors(got, w)
             reason = f"verify: max abs error {abs_err:.3g}, max rel error {rel_err:.3g} " \
                      f"({' '.join(str(e).split(chr(10))[1:2]).strip()})"
-            compiler.cache().discard(key, CompileFailure("mismatch", reason))
+            failure = CompileFailure("mismatch", reason)
             recorder.mismatch(p.name, abs_err, rel_err, reason)
+            if config._current.dump_dir:
+                from . import repro
+                failure.repro = repro.write(repro.directory(config._current.dump_dir, p.name, key), p.functional,
+                                            args, kwargs, "mismatch", reason, key, llvm_ir=kernel.llvm_ir)
+                recorder.repro(p.name, failure.repro)
+            compiler.cache().discard(key, failure)
             if config._current.strict:
                 raise StrictModeError(p.name, "mismatch", reason)
             return False
@@ -188,6 +194,8 @@ def call_entry(e: OpEntry, args: tuple, kwargs: dict):
         return func(*args, **kwargs)
     log.debug("%s falls back (%s: %s)", p.name, failure.category, failure.reason)
     recorder.fallback(p.name, failure.category, failure.reason)
+    if failure.repro:
+        recorder.repro(p.name, failure.repro)
     if config._current.strict:
         raise StrictModeError(p.name, failure.category, failure.reason)
     return func(*args, **kwargs)      # outside the handler: PyTorch's own errors reach the user unchained

@@ -13,6 +13,7 @@ class CompileFailure(Exception):
         assert category in CATEGORIES, category
         self.category = category
         self.reason = first_line(reason)
+        self.repro = ""          # dump-dir mode: the directory that reproduces this failure (repro.py)
         super().__init__(f"{category}: {self.reason}")
 
 

@@ -160,6 +160,17 @@ def _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject: str, 
             raise CompileFailure("mismatch", " ".join(str(e).split("\n")[:3])) from None
 
 
+def _dump(req: dict, name: str, text) -> None:
+    """Dump-dir mode (repro.py): write a stage's input as it is reached, so that even a crash leaves the last one."""
+    d = req.get("dump")
+    if d:
+        try:
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text())
+        except Exception:       # a repro must never cost the compile
+            pass
+
+
 def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: dict, times: dict, info: dict):
     from . import importer, lowering, schedules
     from .errors import CompileFailure
@@ -179,11 +190,17 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     for f in fakes:
         if f.dtype not in MLIR_ELEMENT:
             raise CompileFailure("unsupported", f"result dtype {f.dtype}")
+    pre = "decomposed." if decompose else ""
+    _dump(req, pre + "graph.txt", lambda: graph.python_code("self").src)
+    _dump(req, "stage.txt", lambda: pre + "import")
     module = importer.import_graph(ctx, graph)
     t1 = time.perf_counter()
+    _dump(req, pre + "torch.mlir", lambda: str(module))
+    _dump(req, "stage.txt", lambda: pre + "lowering")
     lowering.to_linalg(module)
     lowering.expand_math(module)
     lowering.reassociate_reductions(module)
+    _dump(req, pre + "linalg.mlir", lambda: str(module))
     bases = tensors if perms is None else [t if p is None else t.permute(p) for t, p in zip(tensors, perms)]
     in_metas = [TensorMeta(t.shape, t.dtype) for t in bases]
     out_metas = [TensorMeta.of(n, empty=not c) if n is not None else None
@@ -195,6 +212,7 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     sched = schedules.select(module, req.get("threads", 1)) if req.get("schedules", True) else None
     if sched is not None:
         try:
+            _dump(req, "stage.txt", lambda: f"{pre}schedule {sched.family}")
             llvm_ir = str(schedules.to_llvm(module, sched, noalias=not info["inplace_safe"]))
             t3 = time.perf_counter()
             _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject, perms)
@@ -204,8 +222,11 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
         except Exception as e:      # whatever went wrong with the schedule, plain loops come next
             info["schedule_failed"] = f"{sched.family}: {type(e).__name__}: {e}"
     t2 = time.perf_counter()
+    _dump(req, "stage.txt", lambda: pre + "llvm")
     llvm_ir = str(lowering.to_llvm(module, noalias=not info["inplace_safe"]))
     t3 = time.perf_counter()
+    _dump(req, pre + "llvm.mlir", lambda: llvm_ir)
+    _dump(req, "stage.txt", lambda: pre + "jit")
     _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject, perms)
     times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3)
     info["schedule"] = "plain"
