@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit as _atexit
+import logging as _logging
 import sys as _sys
 
 from . import config
@@ -9,6 +10,10 @@ from .report import Report
 from .tensor import TorchMLIRTensor, enable, unwrap, wrap
 
 __version__ = "0.1.0"
+
+# INFO: one line per compile or load from disk; DEBUG: each fallback decision. Silent unless the application
+# configures logging (a library's NullHandler: not even warnings reach stderr on their own).
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 
 def report() -> Report:
