@@ -158,7 +158,7 @@ def worker() -> WorkerClient:
 def compile_kernel(key, func, args, kwargs, tensors):
     """Compile in the worker, then JIT the qualified LLVM IR here. Raises CompileFailure; caches either way."""
     from . import disk_cache
-    from .kernel import Kernel
+    from .kernel import Kernel, load_library
     cfg = config.get()
     request = {"op": str(func), "args": args, "kwargs": kwargs, "inject": cfg.inject.get(str(func), ""),
                "schedules": cfg.schedules, "threads": kernel_threads()}
@@ -198,8 +198,10 @@ def compile_kernel(key, func, args, kwargs, tensors):
         if "fail" in reply:
             raise CompileFailure(*reply["fail"])
         llvm_ir, ins, outs = reply["ok"]
+        so = reply["info"].pop("so", None)     # the qualified object code, linked (None: no linker here)
+        engine = load_library(so) if so is not None else None
         kernel = Kernel(llvm_ir, ins, outs, input_perms=reply["info"].get("input_perms"),
-                        inplace_safe=reply["info"].get("inplace_safe") is True)
+                        inplace_safe=reply["info"].get("inplace_safe") is True, engine=engine)
     except CompileFailure as e:
         cache().put_failure(key, e)
         if request.get("dump"):
@@ -209,7 +211,7 @@ def compile_kernel(key, func, args, kwargs, tensors):
         raise
     cache().put(key, kernel)
     if disk is not None:
-        disk.store(env, key, kernel)
+        disk.store(env, key, kernel, so if engine is not None else None)
     compile_seconds.append(time.perf_counter() - t0)
     log.info("compiled %s %s -> %s in %.1f ms (%s)", func, kernel.inputs, kernel.outputs,
              1e3 * (time.perf_counter() - t0),

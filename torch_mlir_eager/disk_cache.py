@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 from typing import Optional
@@ -25,6 +24,7 @@ from typing import Optional
 import torch
 
 from . import config
+from .kernel import linker, load_library
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,11 @@ class DiskCache:
                 raise ValueError("IR hash mismatch")
             engine = None
             if meta.get("so_sha256"):
-                engine = _load_library(base + ".so", meta["so_sha256"])    # raises on a hash mismatch
+                with open(base + ".so", "rb") as f:
+                    so = f.read()
+                if _sha(so) != meta["so_sha256"]:
+                    raise ValueError("object code hash mismatch")
+                engine = load_library(so)
                 if engine is None:
                     self.so_failures += 1          # the IR is JIT-compiled instead
             kernel = Kernel(ir.decode(), [_meta(m) for m in meta["inputs"]], [_meta(m) for m in meta["outputs"]],
@@ -165,7 +169,8 @@ class DiskCache:
 
     # -- store --
 
-    def store(self, env: str, key, kernel) -> None:
+    def store(self, env: str, key, kernel, so: Optional[bytes] = None) -> None:
+        """Keep `kernel` (and `so`, its object code as a shared library, when there is one)."""
         text = key_text(key)
         if text is None or not _safe_dir(self.path):
             return
@@ -174,7 +179,6 @@ class DiskCache:
         try:
             os.makedirs(d, mode=0o700, exist_ok=True)
             ir = kernel.llvm_ir.encode()
-            so = _link(kernel)
             meta = {"format": FORMAT, "key": text, "op": str(key[0]), "mlir_sha256": _sha(ir),
                     "so_sha256": _sha(so) if so is not None else None,
                     "inputs": [_meta_json(m) for m in kernel.inputs],
@@ -232,7 +236,7 @@ class DiskCache:
     def info(self) -> dict:
         entries, total = self._scan() if os.path.isdir(self.path) else ([], 0)
         return {"path": self.path, "entries": len(entries), "bytes": total, "max_bytes": self.max_bytes,
-                "linker": _linker() is not None, "loads": self.loads, "stores": self.stores,
+                "linker": linker() is not None, "loads": self.loads, "stores": self.stores,
                 "corrupt": self.corrupt, "evictions": self.evictions, "so_failures": self.so_failures}
 
     def clear(self) -> None:
@@ -272,63 +276,6 @@ def _meta(j):
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"not a dtype: {j['dtype']}")
     return TensorMeta(j["shape"], dtype, j["strides"], j["empty"])
-
-
-@functools.lru_cache(maxsize=1)
-def _linker() -> Optional[str]:
-    return shutil.which("ld")
-
-
-def _link(kernel) -> Optional[bytes]:
-    """The kernel's JIT object code linked into a shared library (bytes), or None (no linker, or it failed: the
-    entry then holds the IR only, JIT-compiled again on load)."""
-    ld = _linker()
-    ee = kernel.engine
-    if ld is None or ee is None or not hasattr(ee, "dump_to_object_file"):
-        return None
-    from .kernel import openmp_runtime
-    with tempfile.TemporaryDirectory() as tmp:
-        obj, so = os.path.join(tmp, "k.o"), os.path.join(tmp, "k.so")
-        try:
-            ee.dump_to_object_file(obj)
-            cmd = [ld, "-shared", "-o", so, obj]
-            omp = openmp_runtime()
-            if omp is not None and ("omp.parallel" in kernel.llvm_ir or "__kmpc_" in kernel.llvm_ir):
-                cmd += [omp, "-rpath", os.path.dirname(omp)]
-            r = subprocess.run(cmd, capture_output=True, timeout=30)
-            if r.returncode != 0:
-                log.debug("disk cache: link failed: %s", r.stderr.decode(errors="replace")[:300])
-                return None
-            with open(so, "rb") as f:
-                return f.read()
-        except (OSError, subprocess.SubprocessError, RuntimeError) as e:
-            log.debug("disk cache: no object code: %s", e)
-            return None
-
-
-def _load_library(path: str, sha: str):
-    """(None, None, library, address of the packed entry point) for Kernel, after checking the file's hash (raises
-    ValueError when it does not match); None when the library does not load."""
-    import ctypes
-    with open(path, "rb") as f:
-        data = f.read()
-    if _sha(data) != sha:
-        raise ValueError("object code hash mismatch")
-    # Loaded from a private copy of the bytes just checked (nothing can swap the file in between), and a copy per
-    # kernel: two loads of one entry must not share the library's static scratch buffers.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".load", suffix=".so")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        lib = ctypes.CDLL(tmp)
-    except OSError as e:                      # a symbol the loader cannot resolve here: JIT the IR instead
-        log.debug("disk cache: cannot load %s: %s", path, e)
-        return None
-    finally:
-        os.unlink(tmp)
-    # ExecutionEngine's lookup of "_mlir_ciface_main" finds this packed wrapper (one void** argument).
-    addr = ctypes.cast(lib._mlir__mlir_ciface_main, ctypes.c_void_p).value
-    return None, None, lib, addr
 
 
 _disk: Optional[DiskCache] = None

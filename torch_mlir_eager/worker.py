@@ -139,12 +139,20 @@ def _single_pointwise(module) -> bool:
     return len(ret.operands) == 1 and ret.operands[0] == g.results[0]
 
 
-def _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject: str, perms=None):
-    """JIT the kernel, run it on the call's inputs and compare with native PyTorch; raise if anything is off."""
+def _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject: str, perms=None, link=True):
+    """JIT the kernel, run it on the call's inputs and compare with native PyTorch; raise if anything is off.
+    Returns its object code as a shared library (or None): what was qualified is then exactly what the parent
+    loads, instead of JIT-compiling the IR a second time."""
     import torch
     from .errors import CompileFailure
-    from .kernel import Kernel
+    from .kernel import Kernel, link_library, load_library
     kernel = Kernel(llvm_ir, in_metas, out_metas, input_perms=perms)
+    so = link_library(kernel) if link else None
+    engine = load_library(so) if so is not None else None
+    if engine is not None:
+        kernel = Kernel(llvm_ir, in_metas, out_metas, input_perms=perms, engine=engine)
+    else:
+        so = None
     try:
         outs = kernel.run(tensors)
     except Exception as e:
@@ -158,6 +166,7 @@ def _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject: str, 
             torch.testing.assert_close(got, want, equal_nan=True, **tolerance(func, want))
         except AssertionError as e:
             raise CompileFailure("mismatch", " ".join(str(e).split("\n")[:3])) from None
+    return so
 
 
 def _dump(req: dict, name: str, text) -> None:
@@ -215,7 +224,8 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
             _dump(req, "stage.txt", lambda: f"{pre}schedule {sched.family}")
             llvm_ir = str(schedules.to_llvm(module, sched, noalias=not info["inplace_safe"]))
             t3 = time.perf_counter()
-            _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject, perms)
+            info["so"] = _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject, perms,
+                                  req.get("link", True))
             times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3)
             info["schedule"] = sched.family
             return llvm_ir, in_metas, out_metas
@@ -227,7 +237,7 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     t3 = time.perf_counter()
     _dump(req, pre + "llvm.mlir", lambda: llvm_ir)
     _dump(req, "stage.txt", lambda: pre + "jit")
-    _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject, perms)
+    info["so"] = _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject, perms, req.get("link", True))
     times.update(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3)
     info["schedule"] = "plain"
     return llvm_ir, in_metas, out_metas
