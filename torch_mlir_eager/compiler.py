@@ -24,25 +24,138 @@ log = logging.getLogger(__name__)
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class _Forked:
+    """A worker forked by the zygote, with the part of subprocess.Popen's interface WorkerClient uses. It is the
+    zygote's child, so its exit status comes from the zygote."""
+
+    def __init__(self, zygote: "_Zygote", pid: int, stdin, stdout):
+        self._z, self.pid, self.stdin, self.stdout = zygote, pid, stdin, stdout
+        self.returncode: Optional[int] = None
+
+    def _status(self, verb: str) -> Optional[int]:
+        if self.returncode is None:
+            r = self._z.ask(f"{verb} {self.pid}".encode())
+            if r is None:                      # the zygote is gone: so is its view of this child
+                self.returncode = -signal.SIGKILL
+            elif r != b"running":
+                st = int(r)
+                self.returncode = os.waitstatus_to_exitcode(st) if st >= 0 else -signal.SIGKILL
+        return self.returncode
+
+    def poll(self) -> Optional[int]:
+        return self._status("poll")
+
+    def wait(self) -> Optional[int]:
+        return self._status("wait")
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class _Zygote:
+    """The fork server (worker.zygote): started once, warmed up once; each worker is a fork of it."""
+
+    def __init__(self, stderr):
+        import socket
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", f"from torch_mlir_eager.worker import zygote; zygote({theirs.fileno()})"],
+            env=dict(_worker_env(), OPENBLAS_NUM_THREADS="1"),   # numpy's BLAS would start a thread at import
+            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, pass_fds=(theirs.fileno(),))
+        theirs.close()
+        self._sock.settimeout(config.get().worker_start_timeout_s)
+        try:
+            ok = self._sock.recv(16) == b"ready"
+        except OSError:
+            ok = False
+        self._sock.settimeout(30)
+        if not ok:
+            self.close()
+            raise OSError("zygote did not start")
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def ask(self, msg: bytes, fds=()) -> Optional[bytes]:
+        import socket
+        try:
+            socket.send_fds(self._sock, [msg], list(fds))
+            return self._sock.recv(64) or None
+        except OSError:
+            return None
+
+    def fork(self, stderr_fd: int) -> _Forked:
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        try:
+            pid = self.ask(b"fork", (in_r, out_w, stderr_fd))
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+        if pid is None:
+            os.close(in_w)
+            os.close(out_r)
+            raise OSError("zygote did not fork")
+        return _Forked(self, int(pid), os.fdopen(in_w, "wb", buffering=0), os.fdopen(out_r, "rb", buffering=0))
+
+    def close(self) -> None:
+        self._sock.close()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 class WorkerClient:
-    """One compile worker, started lazily, reused, restarted after it dies or is killed for a time-out."""
+    """One compile worker, started lazily, reused, restarted after it dies or is killed for a time-out. Workers are
+    forked from a warmed-up zygote (a restart costs a fork, not a new interpreter); without one, each is a new
+    process."""
 
     def __init__(self):
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc = None
         self._stderr = None
+        self._zygote: Optional[_Zygote] = None
+        self._zygote_stderr = None
         self._lock = threading.Lock()
         self.starts = 0
 
+    def _new_process(self):
+        if self._zygote is None or not self._zygote.alive():
+            if self._zygote is not None:
+                self._zygote.close()
+            self._zygote = None
+            if self._zygote_stderr is None:
+                self._zygote_stderr = tempfile.TemporaryFile()
+            try:
+                self._zygote = _Zygote(self._zygote_stderr)
+            except OSError as e:
+                log.info("no zygote (%s): workers start as new processes", e)
+        if self._zygote is not None:
+            try:
+                return self._zygote.fork(self._stderr.fileno())
+            except OSError as e:
+                log.info("zygote fork failed (%s): a new process instead", e)
+                self._zygote.close()
+                self._zygote = None
+        # -c, not -m: runpy's warning that the package already imported the module would be stderr's last line,
+        # which a crash's reason quotes when the signal left no message of its own.
+        return subprocess.Popen([sys.executable, "-c", "from torch_mlir_eager.worker import main; main()"],
+                                env=_worker_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=self._stderr)
+
     def _start(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
         if self._stderr is not None:
             self._stderr.close()          # the previous worker's log: one open file, not one per restart
         self._stderr = tempfile.TemporaryFile()
-        # -c, not -m: runpy's warning that the package already imported the module would be stderr's last line,
-        # which a crash's reason quotes when the signal left no message of its own.
-        self._proc = subprocess.Popen([sys.executable, "-c", "from torch_mlir_eager.worker import main; main()"],
-                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        self._proc = self._new_process()
         self.starts += 1
         reply = self._recv(config.get().worker_start_timeout_s, "worker start")
         if "ready" not in reply:
@@ -123,6 +236,9 @@ class WorkerClient:
     def close(self) -> None:
         with self._lock:
             self._kill()
+            if self._zygote is not None:
+                self._zygote.close()
+                self._zygote = None
 
 
 _worker = WorkerClient()
@@ -155,6 +271,35 @@ def worker() -> WorkerClient:
     return _worker
 
 
+class _InProcess:
+    """config isolate=False: compile in this process (no worker round trip; a crash or hang in torch-mlir or LLVM
+    then takes the program down: for trusted setups only). One MLIR context, renewed as the worker renews its."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._ctx, self._served = None, 0
+
+    def compile(self, request: dict) -> dict:
+        from . import worker as w
+        with self._lock:
+            if self._ctx is None or self._served % 200 == 0:
+                from torch_mlir import ir
+                from torch_mlir.dialects import torch as torch_d
+                self._ctx = ir.Context()
+                torch_d.register_dialect(self._ctx)
+            self._served += 1
+            if request.get("inject") in ("abort", "hang"):
+                raise CompileFailure("unsupported", "fault injection needs an isolated worker")
+            return w.compile_request(self._ctx, request)
+
+
+_in_process = _InProcess()
+
+
+def _compile(request: dict) -> dict:
+    return (_worker if config.get().isolate else _in_process).compile(request)
+
+
 def compile_kernel(key, func, args, kwargs, tensors):
     """Compile in the worker, then JIT the qualified LLVM IR here. Raises CompileFailure; caches either way."""
     from . import disk_cache
@@ -183,14 +328,14 @@ def compile_kernel(key, func, args, kwargs, tensors):
     try:
         try:
             try:
-                reply = _worker.compile(request)
+                reply = _compile(request)
             except CompileFailure as e:
                 if e.category not in ("timeout", "crash") or not request["schedules"] \
                         or not schedules.may_apply(request["op"]):
                     raise
                 # A schedule may be what hung or crashed: once more with plain loops only.
                 log.info("compile %s: %s; retrying without schedules", func, e)
-                reply = _worker.compile(dict(request, schedules=False))
+                reply = _compile(dict(request, schedules=False))
         except CompileFailure:
             raise
         except Exception as e:   # e.g. an argument that cannot be sent to the worker

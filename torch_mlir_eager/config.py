@@ -13,6 +13,9 @@ class Config:
     negative_cache_size: int = 16384  # keys known to fail, kept so a failure is paid once
     compile_timeout_s: float = 60.0   # one compile + qualifying run in the worker
     worker_start_timeout_s: float = 180.0
+    # Compile in a worker process (a crash or hang there is a recorded fallback). TORCH_MLIR_EAGER_ISOLATE=0
+    # compiles in this process instead: no round trip, but a torch-mlir crash ends the program.
+    isolate: bool = True
     report_at_exit: bool = False      # TORCH_MLIR_EAGER_REPORT=1
     verify: bool = False              # TORCH_MLIR_EAGER_VERIFY=1: check every MLIR result against native PyTorch
     strict: bool = False              # TORCH_MLIR_EAGER_STRICT=1: a fallback or a verify mismatch raises
@@ -45,6 +48,8 @@ def _from_env() -> Config:
         kw["threads"] = int(env["TORCH_MLIR_EAGER_THREADS"])
     if "TORCH_MLIR_EAGER_SCHEDULES" in env:
         kw["schedules"] = _env_bool("TORCH_MLIR_EAGER_SCHEDULES")
+    if "TORCH_MLIR_EAGER_ISOLATE" in env:
+        kw["isolate"] = _env_bool("TORCH_MLIR_EAGER_ISOLATE")
     if "TORCH_MLIR_EAGER_CACHE_DIR" in env:
         kw["cache_dir"] = env["TORCH_MLIR_EAGER_CACHE_DIR"]
     if "TORCH_MLIR_EAGER_DISK_CACHE" in env:

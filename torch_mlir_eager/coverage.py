@@ -31,7 +31,18 @@ WRAPPER_LIMITS = {
 LOW_PRECISION = {torch.float16: dict(rtol=1e-3, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5)}
 
 # Per-OpInfo tolerances looser than rtol 1e-4 / atol 1e-5, each with its reason (none needed so far).
-TOLERANCES: Dict[str, dict] = {}
+# Keyed by (OpInfo name, dtype); each entry says why. Only bfloat16 so far: with 8 significant bits, one ulp of
+# difference in one call (the rounding of a float32 sum that PyTorch adds in its own cascade order) can grow in a
+# composite of several calls; every call in these composites is itself within bfloat16 tolerance of native (checked
+# with verify mode).
+TOLERANCES: Dict[tuple, dict] = {
+    # 10 aten calls; the sum of squares of 125 values (~2800) differs by 1 ulp (16) from native's, the variance
+    # then by 1.6%: 23.25 vs 22.875.
+    ("masked.var", torch.bfloat16): dict(rtol=3e-2, atol=1e-5),
+    # native's _trilinear rounds each pairwise product to bfloat16 before summing; ours sums float32 products (the
+    # exact value is closer to ours): 0.0078 apart on one of 5 outputs.
+    ("nn.functional.bilinear", torch.bfloat16): dict(rtol=1.6e-2, atol=1e-2),
+}
 
 
 @dataclasses.dataclass
@@ -88,7 +99,7 @@ def _difference(name: str, got, want) -> Optional[str]:
     floats = [t.dtype for t in tree_leaves(want) if isinstance(t, torch.Tensor) and t.is_floating_point()]
     # float16 / bfloat16 results: torch.testing's own defaults for the dtype (1 ulp is ~1e-3 / ~8e-3 relative)
     base = LOW_PRECISION.get(floats[0], {}) if floats else {}
-    tol = {**base, **TOLERANCES.get(name, {})}
+    tol = {**base, **TOLERANCES.get((name, floats[0] if floats else None), {})}
     try:
         torch.testing.assert_close(got, want, rtol=tol.get("rtol", 1e-4), atol=tol.get("atol", 1e-5),
                                    equal_nan=True)

@@ -285,16 +285,23 @@ def compile_request(ctx, req: dict) -> dict:
     return {"fail": (best.category, best.reason)}
 
 
-def main() -> None:
+def _warm() -> None:
+    """Everything a worker pays once, before "ready": torch, the MLIR bindings, the decomposition tables."""
+    for m in ("torch", "torch_mlir.ir", "torch_mlir.dialects.torch", "torch_mlir.passmanager",
+              "torch_mlir.execution_engine", "torch_mlir_eager.kernel", "torch_mlir_eager.lowering",
+              "torch_mlir_eager.schedules"):
+        importlib.import_module(m)
+    from . import importer
+    importer.decomposition_table()
+
+
+def _serve() -> None:
     # Protocol on a private copy of stdout; anything else printed (LLVM, warnings) goes to stderr.
+    from torch_mlir import ir
+    from torch_mlir.dialects import torch as torch_d
     proto_out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    importlib.import_module("torch")     # paid once, before "ready"
-    from torch_mlir import ir
-    from torch_mlir.dialects import torch as torch_d
-    from . import importer
-    importer.decomposition_table()
 
     def new_context():
         c = ir.Context()
@@ -311,6 +318,93 @@ def main() -> None:
             ctx = new_context()
         served += 1
         send(proto_out, compile_request(ctx, req))
+
+
+def main() -> None:
+    _warm()
+    _serve()
+
+
+def _warm_compile() -> None:
+    """One small call imported and lowered to the LLVM dialect, not JIT-compiled (an ExecutionEngine starts
+    threads): what a fresh process pays on its first compile (FakeTensor, make_fx, pass registration; ~1 s) is
+    then paid once, in the zygote, not by every worker forked after a crash."""
+    import torch
+    from torch_mlir import ir
+    from torch_mlir.dialects import torch as torch_d
+    from . import importer, lowering
+    ctx = ir.Context()
+    ctx.enable_multithreading(False)
+    torch_d.register_dialect(ctx)
+    try:
+        x = torch.ones(4)
+        for build in (importer.one_node_graph, importer.decomposed_graph):
+            graph, _ = build(torch.ops.aten.add.Tensor, (x, x), {}, [x, x])
+            module = importer.import_graph(ctx, graph)
+            lowering.to_linalg(module)
+            lowering.to_llvm(module)
+    except Exception:          # warming up is an optimization only
+        pass
+
+
+def _os_threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def zygote(ctl_fd: int) -> None:
+    """A warmed-up process that forks workers on request (a fork server): a worker restart after a crash or a
+    time-out then costs a fork (~10-30 ms) instead of a new interpreter importing torch and MLIR (~1.2 s).
+    Requests on the SOCK_SEQPACKET socket `ctl_fd`: b"fork" with the worker's stdin, stdout and stderr as
+    SCM_RIGHTS fds -> its pid; b"wait PID" -> its wait status once it has exited; b"poll PID" -> the status or
+    b"running". EOF (the parent is gone) ends it. Forking is safe here: this process never starts a thread."""
+    import socket
+    _warm()
+    _warm_compile()
+    sock = socket.socket(fileno=ctl_fd)
+    if _os_threads() != 1:            # a fork would copy a process whose other threads hold locks: refuse
+        sock.send(b"threads")
+        return
+    sock.send(b"ready")
+    done: dict = {}
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 64, 3)
+        except OSError:
+            return
+        if not msg:
+            return
+        if msg == b"fork" and len(fds) == 3:
+            pid = os.fork()
+            if pid == 0:                      # the worker
+                try:
+                    sock.close()
+                    for i, fd in enumerate(fds):
+                        os.dup2(fd, i)
+                        os.close(fd)
+                    _serve()
+                finally:
+                    os._exit(0)
+            for fd in fds:
+                os.close(fd)
+            sock.send(str(pid).encode())
+            continue
+        for fd in fds:
+            os.close(fd)
+        verb, _, arg = msg.partition(b" ")
+        pid = int(arg or 0)
+        if pid not in done:
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG if verb == b"poll" else 0)
+            except ChildProcessError:
+                got, status = pid, -1
+            if got:
+                done[pid] = status
+        sock.send(str(done[pid]).encode() if pid in done else b"running")
+        if verb == b"wait":
+            done.pop(pid, None)
 
 
 if __name__ == "__main__":
