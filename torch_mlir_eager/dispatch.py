@@ -64,7 +64,12 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         if not dests:
             raise _NoTensorInput()
         raise CompileFailure("unsupported", "only the destination is a tensor")
-    if dests and not all(_no_partial_alias(d, tensors) for d in dests if isinstance(d, torch.Tensor)):
+    if dests and any(isinstance(d, torch.Tensor) and _overlaps_itself(d) for d in dests):
+        raise CompileFailure("unsupported", "the destination overlaps itself")          # PyTorch raises
+    # out= of an op that is not pointwise: PyTorch raises for some inputs that alias the destination (cat), so
+    # any sharing is left to it; in-place and pointwise ops may read the very view they write
+    exact_ok = p.inplace or torch.Tag.pointwise in func.tags
+    if dests and not all(_no_partial_alias(d, tensors, exact_ok) for d in dests if isinstance(d, torch.Tensor)):
         raise CompileFailure("unsupported", "an input partially overlaps the destination")   # PyTorch decides
     if e.check is not None and not e.check(args, kwargs):
         raise CompileFailure("unsupported", "indices out of range, unchecked, or op known wrong: run natively")
@@ -114,11 +119,18 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
     return dests[0] if len(dests) == 1 else tuple(dests)
 
 
-def _no_partial_alias(dest, tensors) -> bool:
-    """No input overlaps `dest` except as the very same view (which a pointwise kernel reads where it writes)."""
+def _overlaps_itself(t) -> bool:
+    """Some elements of `t` share memory (an expanded view): PyTorch refuses to write into it. (2, "too hard to
+    tell", is what PyTorch lets through too.)"""
+    return torch._debug_has_internal_overlap(t) == 1
+
+
+def _no_partial_alias(dest, tensors, exact_ok: bool = True) -> bool:
+    """No input overlaps `dest`, except (`exact_ok`) as the very same view (which a pointwise kernel reads where it
+    writes)."""
     base = dest.untyped_storage().data_ptr()
     for t in tensors:
-        if t.untyped_storage().data_ptr() == base and (
+        if t.untyped_storage().data_ptr() == base and (not exact_ok or
                 t.data_ptr() != dest.data_ptr() or t.shape != dest.shape or t.stride() != dest.stride()):
             return False
     return True

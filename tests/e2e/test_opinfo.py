@@ -22,8 +22,11 @@ SAMPLES_PER_OP = 3
 # Floors on OpInfos fully through MLIR among those that issued a compilable call (issue 5 asks 80% for float32;
 # raised as coverage grows). Measured on torch 2.14.1 + torch-mlir 20261001 (seeded samples, reproducible), see
 # the README's table.
-FLOORS = {"float32": 0.64, "float64": 0.60, "int64": 0.60, "int32": 0.60, "bool": 0.50, "float16": 0.70,
-          "bfloat16": 0.70}
+# Measured (fully / compilable OpInfos, calls through MLIR, mismatches): float32 373/566 = 65.9%, 2006/2629 calls,
+# 0; float64 369/566 = 65.2%, 0; int64 272/383 = 71.0%, 0; int32 262/372 = 70.4%, 0; bool 178/274 = 65.0%, 0;
+# float16 327/451 = 72.5%, 0; bfloat16 333/455 = 73.2%, 0.
+FLOORS = {"float32": 0.65, "float64": 0.64, "int64": 0.70, "int32": 0.70, "bool": 0.64, "float16": 0.72,
+          "bfloat16": 0.72}
 
 _WANTED = os.environ.get("TORCH_MLIR_EAGER_OPINFO_DTYPES", ",".join(FLOORS)).split(",")
 DTYPES = [d for d in FLOORS if d in _WANTED]
