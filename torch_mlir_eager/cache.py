@@ -10,10 +10,20 @@ from . import config
 from .errors import CompileFailure
 
 
+class _CountingLRU(cachetools.LRUCache):
+    """An LRU that counts what it evicts (the least recently used kernel, dropped to make room)."""
+    evictions = 0
+
+    def popitem(self):
+        item = super().popitem()
+        self.evictions += 1
+        return item
+
+
 class KernelCache:
     def __init__(self, maxsize: Optional[int] = None, negative_maxsize: Optional[int] = None):
         cfg = config.get()
-        self._kernels = cachetools.LRUCache(maxsize or cfg.cache_size)
+        self._kernels = _CountingLRU(maxsize or cfg.cache_size)
         self._failures = cachetools.LRUCache(negative_maxsize or cfg.negative_cache_size)
         self._lock = threading.Lock()
         self.hits = self.misses = self.negative_hits = 0
@@ -52,10 +62,11 @@ class KernelCache:
         with self._lock:
             return {"kernels": len(self._kernels), "kernel_maxsize": self._kernels.maxsize,
                     "failures": len(self._failures), "hits": self.hits, "misses": self.misses,
+                    "evictions": self._kernels.evictions,
                     "negative_hits": self.negative_hits}
 
     def clear(self) -> None:
         with self._lock:
             self._kernels.clear()
             self._failures.clear()
-            self.hits = self.misses = self.negative_hits = 0
+            self.hits = self.misses = self.negative_hits = self._kernels.evictions = 0

@@ -121,3 +121,37 @@ def test_eight_threads_concurrently():
     assert totals["fallback_calls"] == 0 and totals["mlir_calls"] == sum(counts) - totals["native_calls"]
     assert min(counts) > 0
     print(f"\n8 threads x {duration:.0f} s: {sum(counts)} calls, all equal to native")
+
+
+def test_many_shapes_through_a_small_cache_stay_bounded():
+    """300 distinct shapes through one op with a cache of 64: evicted kernels are freed (their libraries
+    unmapped), RSS stays flat, and hits, misses and evictions are exact. (benchmarks/stress_memory.py runs the
+    issue's 10,000 shapes through 256 entries.)"""
+    from torch_mlir_eager.cache import KernelCache
+
+    def mapped():
+        with open("/proc/self/maps") as f:
+            return len({line.split()[5] for line in f if "tme-kernel-" in line})
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    saved = compiler._cache
+    compiler._cache = KernelCache(maxsize=64)
+    try:
+        tme.reset_report()
+        with config.override(disk_cache=False):
+            for i in range(300):
+                x = torch.randn(i + 1, 2)
+                with tme.enable():
+                    got = torch.neg(x)
+                assert torch.equal(got, -x)
+                if i == 99:
+                    rss0 = rss_mb()
+        info = compiler.cache().info()
+        assert (info["misses"], info["hits"], info["kernels"], info["evictions"]) == (300, 0, 64, 236), info
+        assert row("aten.neg.default")["mlir_calls"] == 300
+        assert mapped() <= 64 + 8, mapped()          # libraries of evicted kernels are unmapped
+        assert rss_mb() - rss0 < 30, (rss0, rss_mb())
+    finally:
+        compiler._cache = saved
