@@ -92,7 +92,7 @@ def tolerance(func, want) -> dict:
            torch.float16: dict(rtol=1e-3, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5),
            }.get(want.dtype, dict(rtol=0, atol=0))
     if str(func) in CONTRACTIONS and want.is_floating_point() and want.numel():
-        rms = float(want.double().pow(2).mean().sqrt())
+        rms = float(want.detach().double().pow(2).mean().sqrt())
         if rms == rms:        # not NaN
             tol["atol"] = max(tol["atol"], tol["atol"] * rms)
     return tol
