@@ -17,7 +17,8 @@ recorder = Recorder()
 
 class OpEntry:
     """Everything the hot path needs about one OpOverload, resolved once (OpOverload hashing is slow Python)."""
-    __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place", "plain", "inplace")
+    __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place", "plain", "inplace",
+                 "nan_guard")
 
     def __init__(self, func):
         p = spec.plan(func)
@@ -26,6 +27,7 @@ class OpEntry:
         self.plan = p
         self.fname = str(p.functional) if p.functional is not None else p.name
         self.check = validate.checker(p.functional) if p.functional is not None else None
+        self.nan_guard = p.functional is not None and validate.nan_unsafe(p.functional)
         self.returns_list = len(r) == 1 and str(r[0].type).startswith(("Tensor[]", "List[Tensor]"))
         # Wrapper outputs need PyTorch's aliasing fix-up only where the schema says a result aliases an input.
         self.aliasing = any(a.alias_info is not None for a in r) or bool(p.inplace or p.out_names)
@@ -73,6 +75,8 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         raise CompileFailure("unsupported", "an input partially overlaps the destination")   # PyTorch decides
     if e.check is not None and not e.check(args, kwargs):
         raise CompileFailure("unsupported", "indices out of range, unchecked, or op known wrong: run natively")
+    if e.nan_guard and validate.has_nan(tensors):
+        raise CompileFailure("unsupported", "NaN in the input: torch-mlir's lowering of this op mishandles NaN")
     cache = compiler.cache()
     kernel = cache.lookup(key)
     hit = kernel is not None

@@ -138,7 +138,7 @@ def decomposition_for(func) -> dict:
         table[func] = functools.partial(_eval_batch_norm, table[func])
     if func in _OWN:
         table = dict(table)
-        table[func] = _OWN[func]
+        table[func] = functools.partial(_gelu, general=table.get(func)) if func is _aten.gelu.default else _OWN[func]
     return table
 
 
@@ -187,8 +187,136 @@ def _native_mha(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias, pr
     return out, att.mean(dim=1) if average_attn_weights else att
 
 
-# Our own decompositions of ops that neither table decomposes.
-_OWN = {_aten._native_multi_head_attention.default: _native_mha}
+def _softshrink(x, lambd=0.5):
+    """PyTorch's CPU formula: x - lambd above lambd, x + lambd below -lambd, else x * 0 (-0.0, NaN kept)."""
+    return torch.where(x > lambd, x - lambd, torch.where(x < -lambd, x + lambd, x * 0))
+
+
+def _gelu(x, approximate="none", *, general=None):
+    """The tanh approximation as PyTorch's CPU kernel computes it (torch-mlir's own lowering is off by up to 5e-5);
+    the exact form is `general`'s, the table's own decomposition."""
+    if approximate != "tanh":
+        if general is None:
+            raise NotImplementedError("no decomposition of the exact form")
+        return general(x, approximate=approximate)
+    beta = math.sqrt(2.0) * (2.0 / math.sqrt(math.pi)) * 0.5
+    inner = beta * (x + 0.044715 * (x * x * x))
+    return 0.5 * x * (1 + torch.tanh(inner))
+
+
+def _renorm(x, p, dim, maxnorm):
+    """Each slice along `dim` scaled to norm maxnorm where its p-norm exceeds it: PyTorch's factor
+    maxnorm / (norm + 1e-7), the norm taken over every other dim."""
+    dim = dim % x.dim()
+    others = [d for d in range(x.dim()) if d != dim]
+    a = x.abs()
+    # the norm written out: torch-mlir lowers linalg_vector_norm with an abort() on a NaN input
+    if p == math.inf:
+        norm = a.amax(others, keepdim=True)
+    elif p == -math.inf:
+        norm = a.amin(others, keepdim=True)
+    elif p == 0:
+        norm = (a != 0).to(x.dtype).sum(others, keepdim=True)
+    elif p == 1:
+        norm = a.sum(others, keepdim=True)
+    elif p == 2:
+        norm = (a * a).sum(others, keepdim=True).sqrt()
+    else:
+        norm = a.pow(p).sum(others, keepdim=True).pow(1.0 / p)
+    return x * torch.where(norm > maxnorm, maxnorm / (norm + 1e-7), torch.ones_like(norm))
+
+
+def _hypot(a, b):
+    """sqrt(a^2 + b^2) without overflow or underflow in the squares: m * sqrt(1 + (n / m)^2), m = max(|a|, |b|);
+    0 where both are 0, inf where either is infinite (even beside a NaN), as C's hypot."""
+    x, y = a.abs(), b.abs()
+    bigger = x > y                       # (maximum / minimum would not propagate a NaN: validate.NAN_UNSAFE)
+    m, n = torch.where(bigger, x, y), torch.where(bigger, y, x)
+    r = n / m
+    h = m * torch.sqrt(1 + r * r)
+    h = torch.where(m == 0, torch.zeros_like(h), h)
+    return torch.where(torch.isinf(x) | torch.isinf(y), torch.full_like(h, math.inf), h)
+
+
+def _angle(x):
+    """Real input: pi where x < 0, else 0 (NaN stays NaN); integers give the default float dtype, as natively."""
+    f = x if x.is_floating_point() else x.to(torch.get_default_dtype())
+    out = torch.where(f < 0, torch.full_like(f, math.pi), torch.zeros_like(f))
+    return torch.where(torch.isnan(f), f, out)
+
+
+_ISIN_MAX_PAIRS = 1 << 22
+
+
+def _isin(elements, test_elements, *, assume_unique=False, invert=False):
+    """Each element compared with every test element (exact; NaN matches nothing, as natively). Only where the
+    comparison matrix stays small (4M pairs); larger calls run natively (PyTorch sorts there)."""
+    if elements.numel() * max(test_elements.numel(), 1) > _ISIN_MAX_PAIRS:
+        raise NotImplementedError("isin: too many pairs for the comparison matrix")
+    hit = (elements.unsqueeze(-1) == test_elements.flatten()).any(-1)
+    return hit.logical_not() if invert else hit
+
+
+def _block_diag(tensors):
+    """Blocks on the diagonal of a zero matrix: each block padded to the full width, the rows concatenated."""
+    blocks = [t.view(1, 1) if t.dim() == 0 else t.view(1, -1) if t.dim() == 1 else t for t in tensors]
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in blocks])
+    cols = sum(t.shape[1] for t in blocks)
+    rows, left = [], 0
+    for t in blocks:                  # each block padded with zeros left and right (new_zeros would leave a
+        c = t.shape[1]                # torch.constant.bool torch-mlir does not lower)
+        rows.append(torch.nn.functional.pad(t.to(dtype), (left, cols - left - c)))
+        left += c
+    return torch.cat(rows, 0)
+
+
+def _index_reduce(self, dim, index, source, reduce, *, include_self=True):
+    """index_reduce as scatter_reduce with the index broadcast along the other dims (the index range is checked
+    before every call, validate.py)."""
+    shape = [1] * source.dim()
+    if source.dim():
+        shape[dim] = -1
+    idx = index.view(shape).expand(source.shape)
+    return torch.scatter_reduce(self, dim, idx, source, reduce, include_self=include_self)
+
+
+def _cumulative_extreme(x, dim, is_max: bool):
+    """cummax / cummin as a doubling scan (log2(n) elementwise steps of static shape): each position combines the
+    summary of the segment before it, later winning ties. PyTorch's rule: a NaN sticks and the last NaN's index is
+    kept; otherwise the last index of the extreme."""
+    if x.dim() == 0:
+        v, i = _cumulative_extreme(x.view(1), 0, is_max)
+        return v.view(()), i.view(())
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    shape = [1] * x.dim()
+    shape[dim] = n
+    pos = torch.arange(n).view(shape)
+    v, i = x, pos.expand(x.shape)
+    shift = 1
+    while shift < n:
+        pv = torch.cat([v.narrow(dim, 0, shift), v.narrow(dim, 0, n - shift)], dim)
+        pi = torch.cat([i.narrow(dim, 0, shift), i.narrow(dim, 0, n - shift)], dim)
+        later = torch.isnan(v) | (~torch.isnan(pv) & ((v >= pv) if is_max else (v <= pv))) | (pos < shift)
+        v, i = torch.where(later, v, pv), torch.where(later, i, pi)
+        shift *= 2
+    return v, i
+
+
+# Our own decompositions of ops that neither table decomposes, or whose direct lowering torch-mlir 20261001 gets
+# wrong (FORCED: those compile only through ours).
+_OWN = {_aten._native_multi_head_attention.default: _native_mha, _aten.softshrink.default: _softshrink,
+        _aten.gelu.default: _gelu, _aten.renorm.default: _renorm, _aten.hypot.default: _hypot,
+        _aten.angle.default: _angle, _aten.isin.Tensor_Tensor: _isin, _aten.block_diag.default: _block_diag,
+        _aten.index_reduce.default: _index_reduce,
+        _aten.cummax.default: functools.partial(_cumulative_extreme, is_max=True),
+        _aten.cummin.default: functools.partial(_cumulative_extreme, is_max=False)}
+FORCED = frozenset({_aten.softshrink.default, _aten.renorm.default})
+
+
+def decompose_only(func, kwargs) -> bool:
+    """The op's direct lowering is known wrong for this call: compile our decomposition only."""
+    return func in FORCED or (func is _aten.gelu.default and kwargs.get("approximate") == "tanh")
 
 # Per-channel ops whose spatial dims may be traced as one (x viewed as N x C x H*W, the result viewed back): the
 # kernel's inner loop then runs over H*W contiguous elements instead of W (7, 14, 28), which LLVM vectorizes

@@ -139,6 +139,20 @@ def _single_pointwise(module) -> bool:
     return len(ret.operands) == 1 and ret.operands[0] == g.results[0]
 
 
+def _runtime_aborts(llvm_ir: str) -> str:
+    """The messages of the kernel's run-time assertions ("" if none). torch-mlir lowers some value checks to an
+    abort() in the kernel (linalg_vector_norm: "unimplemented: tensor with zero element", reached with a NaN
+    input): a first run that passes proves nothing about later values, and an abort would end the user's process,
+    so such a kernel is never used."""
+    if "llvm.call @abort" not in llvm_ir:
+        return ""
+    import re
+    msgs = set()
+    for codes in re.findall(r"@assert_msg\w*\(dense<\[([\d, ]+)\]>", llvm_ir):
+        msgs.add(bytes(int(c) for c in codes.split(",") if int(c)).decode(errors="replace").strip())
+    return "; ".join(sorted(msgs))[:200] or "abort()"
+
+
 def _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject: str, perms=None, link=True):
     """JIT the kernel, run it on the call's inputs and compare with native PyTorch; raise if anything is off.
     Returns its object code as a shared library (or None): what was qualified is then exactly what the parent
@@ -146,6 +160,9 @@ def _qualify(func, tensors, natives, llvm_ir, in_metas, out_metas, inject: str, 
     import torch
     from .errors import CompileFailure
     from .kernel import Kernel, link_library, load_library
+    aborts = _runtime_aborts(llvm_ir)
+    if aborts:
+        raise CompileFailure("unsupported", f"kernel has a run-time check that aborts the process: {aborts}")
     kernel = Kernel(llvm_ir, in_metas, out_metas, input_perms=perms)
     so = link_library(kernel) if link else None
     engine = load_library(so) if so is not None else None
@@ -268,6 +285,8 @@ def compile_request(ctx, req: dict) -> dict:
     if not all(isinstance(n, torch.Tensor) or n is None for n in natives) or all(n is None for n in natives):
         return {"fail": ("unsupported", "non-tensor result")}
     attempts = [False] + ([True] if importer.has_decomposition(func) else [])
+    if importer.decompose_only(func, dict(zip([a.name for a in func._schema.arguments], args)) | kwargs):
+        attempts = [True]
     best = None
     for decompose in attempts:
         times: dict = {}

@@ -220,11 +220,32 @@ def test_nll_loss_target_checked():
 
 
 def test_known_wrong_op_runs_natively():
-    check_op(torch.nn.functional.softshrink, torch.randn(20))
-    check_op(lambda t: torch.nn.functional.gelu(t, approximate="tanh"), torch.randn(10, 10))
-    check_op(torch.nn.functional.gelu, torch.randn(10, 10))
-    assert row("aten.softshrink.default")["fallback_calls"] == 1
-    assert row("aten.gelu.default")["fallback_calls"] == 1 and row("aten.gelu.default")["mlir_calls"] == 1
+    check_op(torch.logcumsumexp, torch.randn(20), 0)
+    assert row("aten.logcumsumexp.default")["fallback_calls"] == 1
+
+
+_EDGES = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5, -0.5, 0.0, -0.0, 1e-30, 3.0, -7.0])
+
+
+def test_ops_lowered_wrong_by_torch_mlir_run_our_decomposition():
+    """softshrink, renorm and tanh-gelu: torch-mlir 20261001's own lowerings give value-dependent wrong answers,
+    so they compile through our decompositions only (importer.FORCED), PyTorch's CPU formulas, edge values
+    included (NaN, infinities, exactly +-lambda, signed zeros)."""
+    x = torch.cat([_EDGES, torch.randn(40) * 3])
+    for v in (x, x[torch.randperm(len(x))]):          # a second call of the kernel on other values
+        check_op(torch.nn.functional.softshrink, v)
+        check_op(lambda t: torch.nn.functional.softshrink(t, 1.5), v)
+        check_op(lambda t: torch.nn.functional.gelu(t, approximate="tanh"), v, rtol=1e-5, atol=1e-6)
+    m = torch.randn(4, 5, 6)
+    m[1] *= 10
+    for p, dim, maxnorm in ((2, 0, 5.0), (1, 1, 2.0), (3, -1, 1.5), (float("inf"), 2, 0.5)):
+        check_op(lambda t: torch.renorm(t, p, dim, maxnorm), m)
+    assert row("aten.softshrink.default")["mlir_calls"] == 4
+    assert row("aten.gelu.default")["mlir_calls"] == 2
+    assert row("aten.renorm.default")["mlir_calls"] == 4, row("aten.renorm.default")
+    # softshrink at +-lambda gives signed zeros, as natively
+    got = tme.unwrap(torch.nn.functional.softshrink(tme.wrap(torch.tensor([0.5, -0.5])), 0.5))
+    assert torch.equal(got.signbit(), torch.tensor([False, True]))
 
 
 def test_mode_with_wrapped_tensors_counts_each_call_once():

@@ -1,0 +1,84 @@
+"""Ops torch-mlir has no Torch-dialect op for, compiled through our own decompositions (importer._OWN), against
+native PyTorch on the values where a formula would go wrong: NaN, infinities, signed zeros, ties, overflow."""
+import pytest
+import torch
+
+import torch_mlir_eager as tme
+
+from helpers import check_op, row
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_report():
+    tme.reset_report()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hypot_edges(dtype):
+    a = torch.tensor([3.0, 0.0, INF, NAN, -INF, 1e-30, 3e38, -2.0, 1e300 if dtype == torch.float64 else 1e30],
+                     dtype=dtype)
+    b = torch.tensor([4.0, 0.0, NAN, INF, 5.0, 1e-30, 3e38, 0.0, 1e300 if dtype == torch.float64 else 1e30],
+                     dtype=dtype)
+    check_op(torch.hypot, a, b, rtol=1e-6 if dtype == torch.float32 else 1e-12)
+    check_op(torch.hypot, b.flip(0), a)                 # the kernel again, other values
+    assert row("aten.hypot.default")["mlir_calls"] == 2
+
+
+def test_angle_of_real_and_integer_tensors():
+    check_op(torch.angle, torch.tensor([1.0, -2.0, 0.0, -0.0, NAN, -INF, INF]))
+    check_op(torch.angle, torch.tensor([3, -1, 0]))
+    assert row("aten.angle.default")["mlir_calls"] == 2
+
+
+def test_isin_small_through_mlir_large_natively():
+    x = torch.tensor([1.0, 2.0, NAN, 4.0, -0.0])
+    t = torch.tensor([0.0, NAN, 4.0, 7.0])
+    check_op(torch.isin, x, t)
+    check_op(lambda a, b: torch.isin(a, b, invert=True), x, t)
+    check_op(torch.isin, torch.randint(0, 50, (6, 7)), torch.randint(0, 50, (20,)))
+    assert row("aten.isin.Tensor_Tensor")["mlir_calls"] == 3
+    check_op(torch.isin, torch.randint(0, 9, (3000,)), torch.randint(0, 9, (2000,)))   # 6M pairs: native
+    assert row("aten.isin.Tensor_Tensor")["fallback_calls"] == 1
+
+
+def test_block_diag_mixed_ranks_and_dtypes():
+    check_op(lambda *ts: torch.block_diag(*ts), torch.randn(2, 3), torch.tensor(5.0), torch.randn(4),
+             torch.randint(0, 3, (2, 2)), torch.randn(0, 2))
+    assert row("aten.block_diag.default")["mlir_calls"] == 1
+
+
+@pytest.mark.parametrize("reduce", ["prod", "mean", "amax", "amin"])
+@pytest.mark.parametrize("include_self", [True, False])
+def test_index_reduce(reduce, include_self):
+    x = torch.randn(5, 4)
+    src = torch.randn(6, 4)
+    idx = torch.tensor([0, 2, 2, 4, 0, 0])         # repeats, and rows 1 and 3 never hit
+    check_op(lambda a, s: a.index_reduce(0, idx, s, reduce, include_self=include_self), x, src)
+    check_op(lambda a, s: a.index_reduce(1, torch.tensor([3, 0, 3]), s, reduce, include_self=include_self),
+             x, torch.randn(5, 3))
+    assert row("aten.index_reduce.default")["mlir_calls"] == 2
+
+
+@pytest.mark.parametrize("op", [torch.cummax, torch.cummin], ids=["cummax", "cummin"])
+def test_cumulative_extremes_ties_nan_and_dims(op):
+    v = torch.tensor([1.0, 3.0, 3.0, 1.0, NAN, 2.0, NAN, -INF, 5.0])
+    check_op(lambda t: op(t, 0), v)
+    check_op(lambda t: op(t, 0), torch.tensor([2, 2, 1, 1, 3, 3, 0]))              # ties: the last index
+    x = torch.randint(0, 4, (3, 17, 5)).float()
+    for d in (0, 1, -1):
+        check_op(lambda t: op(t, d), x)
+    check_op(lambda t: op(t, 0), torch.tensor(7.0))
+    name = "aten.cummax.default" if op is torch.cummax else "aten.cummin.default"
+    assert row(name)["mlir_calls"] == 6 and row(name)["fallback_calls"] == 0
+
+
+def test_cumulative_extreme_kernel_on_new_values():
+    # the doubling scan must not depend on the values the kernel was qualified with
+    torch.manual_seed(0)
+    for _ in range(5):
+        x = torch.randint(0, 3, (64,)).float()
+        x[torch.randint(0, 64, (2,))] = NAN
+        check_op(lambda t: torch.cummax(t, 0), x)
+    assert row("aten.cummax.default")["cache_hits"] >= 4
