@@ -18,7 +18,7 @@ recorder = Recorder()
 class OpEntry:
     """Everything the hot path needs about one OpOverload, resolved once (OpOverload hashing is slow Python)."""
     __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place", "plain", "inplace",
-                 "nan_guard")
+                 "guard")
 
     def __init__(self, func):
         p = spec.plan(func)
@@ -27,7 +27,8 @@ class OpEntry:
         self.plan = p
         self.fname = str(p.functional) if p.functional is not None else p.name
         self.check = validate.checker(p.functional) if p.functional is not None else None
-        self.nan_guard = p.functional is not None and validate.nan_unsafe(p.functional)
+        # values a kernel gets wrong (NaN where the lowering mishandles it, an integer zero divisor)
+        self.guard = validate.value_guard(p.functional) if p.functional is not None else None
         self.returns_list = len(r) == 1 and str(r[0].type).startswith(("Tensor[]", "List[Tensor]"))
         # Wrapper outputs need PyTorch's aliasing fix-up only where the schema says a result aliases an input.
         self.aliasing = any(a.alias_info is not None for a in r) or bool(p.inplace or p.out_names)
@@ -75,8 +76,10 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         raise CompileFailure("unsupported", "an input partially overlaps the destination")   # PyTorch decides
     if e.check is not None and not e.check(args, kwargs):
         raise CompileFailure("unsupported", "indices out of range, unchecked, or op known wrong: run natively")
-    if e.nan_guard and validate.has_nan(tensors):
-        raise CompileFailure("unsupported", "NaN in the input: torch-mlir's lowering of this op mishandles NaN")
+    if e.guard is not None:
+        why = e.guard(args, kwargs, tensors)
+        if why is not None:
+            raise CompileFailure("unsupported", why)
     cache = compiler.cache()
     kernel = cache.lookup(key)
     hit = kernel is not None

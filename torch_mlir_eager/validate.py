@@ -146,8 +146,34 @@ NAN_UNSAFE = frozenset({
 })
 
 
-def nan_unsafe(func) -> bool:
-    return str(func) in NAN_UNSAFE
+# Integer division by a tensor: PyTorch raises ZeroDivisionError for a zero divisor; a kernel would divide by zero
+# (SIGFPE: the process dies) or return garbage. Op -> the divisor argument.
+INT_DIVISORS = {"aten.div.Tensor_mode": "other", "aten.floor_divide.default": "other",
+                "aten.remainder.Tensor": "other", "aten.remainder.Scalar_Tensor": "other", "aten.fmod.Tensor": "other"}
+
+NAN_REASON = "NaN in the input: torch-mlir's lowering of this op mishandles NaN"
+ZERO_REASON = "integer division by zero: PyTorch raises"
+
+
+def value_guard(func) -> Optional[Callable]:
+    """None, or check(args, kwargs, tensors) -> the reason this call's values must run natively (or None)."""
+    name = str(func)
+    nan = name in NAN_UNSAFE
+    divisor = INT_DIVISORS.get(name)
+    if not nan and divisor is None:
+        return None
+    bind = _binder(func._schema)
+
+    def check(args, kwargs, tensors) -> Optional[str]:
+        if nan and has_nan(tensors):
+            return NAN_REASON
+        if divisor is not None:
+            d = bind(args, kwargs).get(divisor)
+            if isinstance(d, torch.Tensor) and not d.is_floating_point() and not d.is_complex() and \
+                    d.numel() and not bool(d.all()):
+                return ZERO_REASON
+        return None
+    return check
 
 
 def has_nan(tensors) -> bool:

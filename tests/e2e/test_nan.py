@@ -90,3 +90,26 @@ def test_nan_after_qualification(name):
         with tme.enable():
             got = f(x2, y2)
         torch.testing.assert_close(got, want, equal_nan=True, msg=lambda m: f"{name}, trial {trial}: {m}")
+
+
+INT_DIVISIONS = {
+    "floor_divide": torch.floor_divide, "remainder": torch.remainder, "fmod": torch.fmod,
+    "div_trunc": lambda a, b: torch.div(a, b, rounding_mode="trunc"),
+    "div_floor": lambda a, b: torch.div(a, b, rounding_mode="floor"),
+}
+
+
+@pytest.mark.parametrize("name", list(INT_DIVISIONS))
+def test_integer_zero_divisor_after_qualification_raises_like_native(name):
+    """A kernel qualified on nonzero integer divisors would divide by zero on a later call (SIGFPE, the process
+    dies) or return garbage where PyTorch raises: such a call runs natively and raises PyTorch's error."""
+    f = INT_DIVISIONS[name]
+    a, b = torch.randint(-9, 9, (6,)), torch.randint(1, 5, (6,))
+    with tme.enable():
+        f(a, b)
+    b[2] = 0
+    with pytest.raises(RuntimeError) as native:
+        f(a, b)
+    with pytest.raises(type(native.value), match="ZeroDivisionError"):
+        with tme.enable():
+            f(a, b)
