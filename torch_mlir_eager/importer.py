@@ -230,7 +230,7 @@ def _hypot(a, b):
     """sqrt(a^2 + b^2) without overflow or underflow in the squares: m * sqrt(1 + (n / m)^2), m = max(|a|, |b|);
     0 where both are 0, inf where either is infinite (even beside a NaN), as C's hypot."""
     x, y = a.abs(), b.abs()
-    bigger = x > y                       # (maximum / minimum would not propagate a NaN: validate.NAN_UNSAFE)
+    bigger = x > y                       # (maximum / minimum would not propagate a NaN: validate.NONFINITE_UNSAFE)
     m, n = torch.where(bigger, x, y), torch.where(bigger, y, x)
     r = n / m
     h = m * torch.sqrt(1 + r * r)
