@@ -99,7 +99,7 @@ def test_vectorized_exp_and_erf_match_native_over_the_float_range(fn, limit, ato
     # erf) first and overflows to inf above 1.7e38 where torch-mlir's order does not; kept below that.)
     x = _wide_f32_range()
     if limit is not None:
-        x = x[~(x.abs() > limit)]
+        x = x[x.abs() <= limit]       # gelu: finite values only (NaN and infinities run natively: validate.py)
     got = _through_mlir(fn, x)
     torch.testing.assert_close(got, fn(x), rtol=2e-6, atol=atol, equal_nan=True)
 
