@@ -18,7 +18,7 @@ recorder = Recorder()
 class OpEntry:
     """Everything the hot path needs about one OpOverload, resolved once (OpOverload hashing is slow Python)."""
     __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place", "plain", "inplace",
-                 "guard")
+                 "guard", "reads_own_view")
 
     def __init__(self, func):
         p = spec.plan(func)
@@ -35,6 +35,9 @@ class OpEntry:
         # A pointwise in-place op reads and writes each element at the same index: its kernel may write straight
         # into a contiguous destination (no temporary, no copy back).
         self.write_in_place = p.inplace and torch.Tag.pointwise in func.tags
+        # An input may be the destination's very view for in-place and pointwise ops; an out= of any other op
+        # leaves every sharing to PyTorch (cat raises for some)
+        self.reads_own_view = bool(p.inplace) or torch.Tag.pointwise in func.tags
         # A plain functional call: no destination to write, nothing unsupported (the hot path's common case).
         self.plain = not (p.unsupported or p.inplace or p.out_names)
         self.inplace = p.inplace
@@ -69,10 +72,8 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         raise CompileFailure("unsupported", "only the destination is a tensor")
     if dests and any(isinstance(d, torch.Tensor) and _overlaps_itself(d) for d in dests):
         raise CompileFailure("unsupported", "the destination overlaps itself")          # PyTorch raises
-    # out= of an op that is not pointwise: PyTorch raises for some inputs that alias the destination (cat), so
-    # any sharing is left to it; in-place and pointwise ops may read the very view they write
-    exact_ok = p.inplace or torch.Tag.pointwise in func.tags
-    if dests and not all(_no_partial_alias(d, tensors, exact_ok) for d in dests if isinstance(d, torch.Tensor)):
+    if dests and not all(_no_partial_alias(d, tensors, e.reads_own_view) for d in dests
+                         if isinstance(d, torch.Tensor)):
         raise CompileFailure("unsupported", "an input partially overlaps the destination")   # PyTorch decides
     if e.check is not None and not e.check(args, kwargs):
         raise CompileFailure("unsupported", "indices out of range, unchecked, or op known wrong: run natively")
