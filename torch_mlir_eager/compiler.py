@@ -6,6 +6,7 @@ import collections
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -301,7 +302,8 @@ def _compile(request: dict) -> dict:
 
 
 def compile_kernel(key, func, args, kwargs, tensors):
-    """Compile in the worker, then JIT the qualified LLVM IR here. Raises CompileFailure; caches either way."""
+    """A kernel from disk, or compiled and qualified in the worker and loaded here (its shared library, or its LLVM
+    IR JIT-compiled). Raises CompileFailure; caches either way."""
     from . import disk_cache
     from .kernel import Kernel, load_library
     cfg = config.get()
@@ -355,6 +357,8 @@ def compile_kernel(key, func, args, kwargs, tensors):
         log.info("compile %s failed after %.1f ms: %s", func, 1e3 * (time.perf_counter() - t0), e)
         raise
     cache().put(key, kernel)
+    if request.get("dump"):
+        shutil.rmtree(request["dump"], ignore_errors=True)      # dump dirs are for failing keys only
     if disk is not None:
         disk.store(env, key, kernel, so if engine is not None else None)
     compile_seconds.append(time.perf_counter() - t0)

@@ -36,6 +36,16 @@ def test_lowering_failure_repro(tmp_path):
     assert r.returncode != 0 and "StrictModeError" in r.stderr and "lowering" in r.stderr, r.stderr[-2000:]
 
 
+def test_keys_that_compile_leave_no_dump(tmp_path):
+    compiler.cache().clear()
+    x = torch.randn(3, 4)
+    with config.override(dump_dir=str(tmp_path), disk_cache=False):
+        with tme.enable():
+            got = torch.sin(x)
+    torch.testing.assert_close(got, x.sin())
+    assert os.listdir(tmp_path) == []
+
+
 def test_crash_repro_names_the_stage_it_died_in(tmp_path):
     # torch-mlir 20261001 divides by zero lowering repeat of an empty tensor: the worker dies with SIGFPE
     d = _fail(tmp_path, lambda t: t.repeat(0), torch.randn(0))
