@@ -18,10 +18,12 @@ BUFFER_REWRITES = "{buffer-rewrites}"
 
 # Linalg-on-tensors -> LLVM dialect, plain loops (LLVM O3 vectorizes the simple ones). Destination-passing style:
 # results become trailing out-params the caller allocates.
+# Decomposed ops (batch norm, layer norm, gelu...) arrive as chains of elementwise generics: one loop nest
+# instead of one pass over memory (and one temporary) per step. Runs first (`flatten_elementwise`), not in
+# LINALG_TO_LLVM: its reshape propagation would turn flattened loops back into nests.
+FUSE = ["func.func(linalg-fuse-elementwise-ops)"]
+
 LINALG_TO_LLVM = [
-    # Decomposed ops (batch norm, layer norm, gelu...) arrive as chains of elementwise generics: one loop nest
-    # instead of one pass over memory (and one temporary) per step.
-    "func.func(linalg-fuse-elementwise-ops)",
     "func.func(refback-generalize-tensor-pad)",
     "func.func(refback-generalize-tensor-concat)",
     "func.func(tm-tensor-bufferize)",
@@ -119,10 +121,11 @@ def find_ops(module, pred) -> list:
 
 
 def write_results_in_place(module) -> int:
-    """A result computed into a temporary and then copied into the caller's out-param through a reshape
-    (`memref.copy (expand_shape %tmp), %out`, left where the kernel works on a flattened view) is computed in
-    the out-param itself: the temporary's uses take the out-param reshaped back, and the copy goes. Only where
-    the out-param has no other use. Returns how many copies went."""
+    """A result computed into a temporary and then copied into the caller's out-param, directly (`memref.copy
+    %tmp, %out`, left where the kernel writes the temporary through a collapsed view) or through a reshape
+    (`memref.copy (expand_shape %tmp), %out`, where it works on a flattened view), is computed in the out-param
+    itself: the temporary's uses take the out-param (reshaped back), and the copy goes. Only where the out-param
+    has no other use. Returns how many copies went."""
     from torch_mlir import ir
     from torch_mlir.dialects import memref as memref_d
     copies = find_ops(module, lambda op: op.name == "memref.copy")
@@ -133,6 +136,12 @@ def write_results_in_place(module) -> int:
             if not isinstance(dst, ir.BlockArgument) or len(list(dst.uses)) != 1 or not isinstance(src, ir.OpResult):
                 continue
             view = getattr(src.owner, "operation", src.owner)
+            if view.name == "memref.alloc" and not list(view.operands) and src.type == dst.type:
+                src.replace_all_uses_with(dst)
+                cp.erase()
+                view.erase()
+                done += 1
+                continue
             base = view.operands[0].maybe_downcast() if view.operands else None
             if view.name != "memref.expand_shape" or not isinstance(base, ir.OpResult):
                 continue
@@ -297,6 +306,72 @@ def reassociate_reductions(module) -> int:
                     op.attributes["fastmath"] = fm
                     marked += 1
     return marked
+
+
+# Elementwise loop nests as one loop (`flatten_elementwise`): the transform script and the tag it matches.
+FLAT_TAG = "tme.flat"
+FLATTEN_SCRIPT = """
+transform.named_sequence @flatten(%root: !transform.any_op {transform.consumed}) {
+  %g = transform.structured.match ops{["linalg.generic"]} attributes{tme.flat} in %root
+    : (!transform.any_op) -> !transform.any_op
+  %f = transform.structured.flatten_elementwise %g : (!transform.any_op) -> !transform.any_op
+  transform.yield
+}
+"""
+
+
+def _flattenable(op) -> bool:
+    """A linalg.generic of rank >= 2, all parallel, every operand read and written through the identity map of
+    a static shape, and no linalg.index in its body: its elements may be visited as one flat run."""
+    from torch_mlir import ir
+    if op.name != "linalg.generic" or len(op.regions[0].blocks) != 1:
+        return False
+    its = list(op.attributes["iterator_types"])
+    if len(its) < 2 or any("parallel" not in str(t) for t in its):
+        return False
+    identity = str(ir.AffineMap.get_identity(len(its)))
+    if any(str(ir.AffineMapAttr(m).value) != identity for m in op.attributes["indexing_maps"]):
+        return False
+    if not all(ir.ShapedType(v.type).has_static_shape for v in op.operands):
+        return False
+    return not any(o.operation.name == "linalg.index" for o in op.regions[0].blocks[0].operations)
+
+
+def flatten_elementwise(module) -> int:
+    """Fuse elementwise chains, then turn each purely elementwise generic of rank >= 2 into one flat loop
+    (collapse_shape views around a 1-d generic). convert-linalg-to-loops makes one loop per dim, and LLVM
+    vectorizes only the innermost: over ResNet's 7-, 14-, 28- and 56-wide rows it ran mostly remainder code
+    (relu 1x512x7x7: 9.5 us for 25K elements, native 2.1). Returns how many generics were flattened."""
+    from torch_mlir import ir
+    from .errors import CompileFailure
+    run(module, FUSE, "llvm")
+    ops = find_ops(module, _flattenable)
+    if not ops:
+        return 0
+    with module.context:
+        for op in ops:
+            op.attributes[FLAT_TAG] = ir.UnitAttr.get()
+        module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
+        text = str(module)
+        try:
+            m = ir.Module.parse(text[:text.rindex("}")] + FLATTEN_SCRIPT + "}")
+            run(m, ["transform-interpreter{entry-point=flatten}"], "llvm")
+        except CompileFailure:
+            for op in ops:                      # leave the module as it was (nested loops)
+                del op.attributes[FLAT_TAG]
+            del module.operation.attributes["transform.with_named_sequence"]
+            return 0
+        # back into `module` (callers hold it): its body replaced by the flattened one, without the script
+        body = module.body
+        for op in list(body.operations):
+            op.operation.erase()
+        for op in list(m.body.operations):
+            if not op.operation.name.startswith("transform."):
+                body.append(op.operation.clone())
+        del module.operation.attributes["transform.with_named_sequence"]
+        for op in find_ops(module, lambda o: FLAT_TAG in o.attributes):
+            del op.attributes[FLAT_TAG]
+    return len(ops)
 
 
 def pipeline_text(passes) -> str:

@@ -47,7 +47,7 @@ def _stage_command(d: str, category: str) -> tuple:
     if name == "llvm":
         # `to_llvm` also marks the inputs read-only and runs two buffer rewrites in the middle (Python, not passes)
         return stage, pre + "linalg.mlir", lowering.pipeline_text(
-            [p for p in lowering.LINALG_TO_LLVM if p != lowering.BUFFER_REWRITES])
+            lowering.FUSE + [p for p in lowering.LINALG_TO_LLVM if p != lowering.BUFFER_REWRITES])
     return stage, None, None
 
 

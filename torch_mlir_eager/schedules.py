@@ -353,10 +353,10 @@ def _split_dim(g, threads: int):
 
 
 def split_loops(module, threads: int) -> str:
-    """Fuse elementwise ops, tag each generic worth splitting (SPLIT_TAG) and return the SPLIT_SCRIPT that splits
-    each along its dim (`_split_dim`); raises CompileFailure when none is worth it."""
+    """Tag each generic worth splitting (SPLIT_TAG) and return the SPLIT_SCRIPT that splits each along its dim
+    (`_split_dim`); raises CompileFailure when none is worth it. The module's elementwise ops are fused and
+    flattened already (lowering.flatten_elementwise)."""
     from torch_mlir import ir
-    _run(module, ["func.func(linalg-fuse-elementwise-ops)"], "split_loops")
     splits = []
     with module.context:
         for g in find_ops(module, lambda op: op.name == "linalg.generic"):

@@ -239,6 +239,8 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
                  for n, c in zip(natives, importer.computed(natives))]
     _signature_check(module, in_metas, [m for m in out_metas if m is not None and not m.empty])
     info["inplace_safe"] = _single_pointwise(module)
+    lowering.flatten_elementwise(module)
+    _dump(req, pre + "flat.mlir", lambda: str(module))
     t2 = time.perf_counter()
     # A schedule first (if one fits and schedules are on); any failure of it falls back to the plain loops.
     sched = schedules.select(module, req.get("threads", 1)) if req.get("schedules", True) else None

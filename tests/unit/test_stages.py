@@ -53,6 +53,37 @@ def test_kernel_runs_in_place_on_torch_memory(ctx):
     torch.testing.assert_close(out, torch.mm(a, b), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("func,shapes", [
+    (aten.relu.default, [(1, 512, 7, 7)]),
+    (aten.add.Tensor, [(2, 3, 5, 7), (2, 3, 5, 7)]),
+    (aten.mul.Tensor, [(1, 64, 14, 14), (1, 64, 14, 14)]),
+])
+def test_elementwise_nests_become_one_loop(ctx, func, shapes):
+    """A purely elementwise op of rank >= 2 is lowered as one flat loop (LLVM vectorizes the innermost loop
+    only), with the same results as native."""
+    args = tuple(torch.randn(s) for s in shapes)
+    m = _module(ctx, func, args)
+    lowering.to_linalg(m)
+    assert lowering.flatten_elementwise(m) == 1
+    text = str(m)
+    n = 1
+    for d in shapes[0]:
+        n *= d
+    assert f"tensor<{n}xf32>" in text and 'iterator_types = ["parallel"]' in text
+    llvm = lowering.to_llvm(m)
+    assert str(llvm).count('llvm.icmp "slt"') == 1        # one loop, not one per dim
+    want = func(*args)
+    k = Kernel(str(llvm), [TensorMeta.of(a) for a in args], [TensorMeta.of(want)])
+    (out,) = k(list(args))
+    torch.testing.assert_close(out, want)
+
+
+def test_broadcasting_ops_keep_their_loop_nest(ctx):
+    m = _module(ctx, aten.add.Tensor, (torch.randn(2, 3, 4), torch.randn(4)))
+    lowering.to_linalg(m)
+    assert lowering.flatten_elementwise(m) == 0
+
+
 def test_compile_request_qualifies_against_native(ctx):
     a = torch.randn(4, 4)
     ok = worker.compile_request(ctx, {"op": "aten.tanh.default", "args": (a,), "kwargs": {}})
