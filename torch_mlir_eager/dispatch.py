@@ -18,7 +18,7 @@ recorder = Recorder()
 class OpEntry:
     """Everything the hot path needs about one OpOverload, resolved once (OpOverload hashing is slow Python)."""
     __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place", "plain", "inplace",
-                 "guard", "reads_own_view")
+                 "guard", "result_guard", "reads_own_view")
 
     def __init__(self, func):
         p = spec.plan(func)
@@ -27,8 +27,13 @@ class OpEntry:
         self.plan = p
         self.fname = str(p.functional) if p.functional is not None else p.name
         self.check = validate.checker(p.functional) if p.functional is not None else None
-        # values a kernel gets wrong (NaN where the lowering mishandles it, an integer zero divisor)
-        self.guard = validate.value_guard(p.functional) if p.functional is not None else None
+        # Values a kernel gets wrong (NaN where the lowering mishandles it, an integer zero divisor): checked in
+        # the inputs before the kernel runs (`guard`), or, where the results show them, after (`result_guard`;
+        # not for results written into a destination, which may be an input native then needs).
+        self.result_guard = validate.result_guard(p.functional) if p.functional is not None and not (
+            p.inplace or p.out_names) else None
+        self.guard = validate.value_guard(p.functional, self.result_guard is not None) \
+            if p.functional is not None else None
         self.returns_list = len(r) == 1 and str(r[0].type).startswith(("Tensor[]", "List[Tensor]"))
         # Wrapper outputs need PyTorch's aliasing fix-up only where the schema says a result aliases an input.
         self.aliasing = any(a.alias_info is not None for a in r) or bool(p.inplace or p.out_names)
@@ -109,6 +114,10 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         failure = CompileFailure("runtime", f"{type(exc).__name__}: {exc}")
         cache.put_failure(key, failure)      # a kernel that raised is not tried again
         raise failure from None
+    if e.result_guard is not None:
+        why = e.result_guard(outs)
+        if why is not None:
+            raise CompileFailure("unsupported", why)
     if want is None:
         recorder.mlir(p.name, hit)
     elif _verified(p, key, kernel, args, kwargs, outs, want):
