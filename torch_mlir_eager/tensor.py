@@ -53,6 +53,12 @@ class TorchMLIRTensor(torch.Tensor):
             return args[0]
         out = _wrap_out(dispatch.call_entry(e, uargs, ukwargs))
         if e.aliasing:
+            pairs = e.view_pairs
+            if pairs is not None and type(out) is TorchMLIRTensor and \
+                    all(type(args[i]) is TorchMLIRTensor for i in pairs):
+                for i in pairs:                     # what return_and_correct_aliasing does for a view
+                    torch._functionalize_unsafe_set(out, args[i])
+                return out
             return return_and_correct_aliasing(func, args, kwargs or {}, out)
         return out
 
