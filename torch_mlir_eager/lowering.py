@@ -343,35 +343,40 @@ def flatten_elementwise(module) -> int:
     vectorizes only the innermost: over ResNet's 7-, 14-, 28- and 56-wide rows it ran mostly remainder code
     (relu 1x512x7x7: 9.5 us for 25K elements, native 2.1). Returns how many generics were flattened."""
     from torch_mlir import ir
-    from .errors import CompileFailure
     run(module, FUSE, "llvm")
     ops = find_ops(module, _flattenable)
     if not ops:
         return 0
     with module.context:
+        before = str(module)
+        script = ir.Module.parse("module attributes {transform.with_named_sequence} {" + FLATTEN_SCRIPT + "}")
         for op in ops:
             op.attributes[FLAT_TAG] = ir.UnitAttr.get()
         module.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
-        text = str(module)
+        for op in script.body.operations:
+            module.body.append(op.operation.clone())
         try:
-            m = ir.Module.parse(text[:text.rindex("}")] + FLATTEN_SCRIPT + "}")
-            run(m, ["transform-interpreter{entry-point=flatten}"], "llvm")
-        except CompileFailure:
-            for op in ops:                      # leave the module as it was (nested loops)
-                del op.attributes[FLAT_TAG]
+            run(module, ["transform-interpreter{entry-point=flatten}"], "llvm")
+            flattened = len(ops)
+        except CompileFailure:                  # the module as it was (nested loops)
+            _replace_body(module, ir.Module.parse(before))
+            flattened = 0
+        for op in list(module.body.operations):
+            if op.operation.name.startswith("transform."):
+                op.operation.erase()
+        if "transform.with_named_sequence" in module.operation.attributes:
             del module.operation.attributes["transform.with_named_sequence"]
-            return 0
-        # back into `module` (callers hold it): its body replaced by the flattened one, without the script
-        body = module.body
-        for op in list(body.operations):
-            op.operation.erase()
-        for op in list(m.body.operations):
-            if not op.operation.name.startswith("transform."):
-                body.append(op.operation.clone())
-        del module.operation.attributes["transform.with_named_sequence"]
         for op in find_ops(module, lambda o: FLAT_TAG in o.attributes):
             del op.attributes[FLAT_TAG]
-    return len(ops)
+    return flattened
+
+
+def _replace_body(module, other) -> None:
+    body = module.body
+    for op in list(body.operations):
+        op.operation.erase()
+    for op in list(other.body.operations):
+        body.append(op.operation.clone())
 
 
 def pipeline_text(passes) -> str:

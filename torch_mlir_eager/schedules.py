@@ -771,9 +771,12 @@ def to_llvm(module, schedule: Schedule, noalias: bool = True):
         script = split_loops(copy, schedule.threads)
     with ctx:
         try:
-            copy.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
-            text = str(copy)                     # ends with the module's closing brace
-            m = ir.Module.parse(text[:text.rindex("}")] + script + "}")
+            # the script's sequences join the module (text splicing would break on a trailing resource section)
+            seqs = ir.Module.parse("module attributes {transform.with_named_sequence} {" + script + "}")
+            m = copy
+            m.operation.attributes["transform.with_named_sequence"] = ir.UnitAttr.get()
+            for op in seqs.body.operations:
+                m.body.append(op.operation.clone())
         except Exception as e:
             raise CompileFailure("llvm", f"schedule parse: {e}") from None
     ranks = mark_inputs_readonly(m)
