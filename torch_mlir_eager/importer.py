@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import threading
 
 import torch
 import torch.fx as fx
@@ -121,6 +122,9 @@ def decomposition_table() -> dict:
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
     table = dict(core_aten_decompositions())
     table.update(get_decomposition_table())
+    # C library functions, inside any decomposition (mvlgamma's lgamma...): their carriers (see _libm)
+    table.update({op: functools.partial(_libm, fn) for op, fn in _LIBM_UNARY.items()})
+    table[_aten.nextafter.default] = _nextafter
     return table
 
 
@@ -303,6 +307,59 @@ def _cumulative_extreme(x, dim, is_max: bool):
     return v, i
 
 
+# ---- C library functions through carrier ops ----
+# torch-mlir 20261001 lowers neither lgamma, erfc, the Bessel functions J0, J1, Y0, Y1 nor nextafter (the importer
+# emits torch.operator). The C library computes each of them, as accurately as PyTorch's CPU kernels. Our
+# decomposition traces the function as a *carrier*: an aten op that torch-mlir lowers to exactly one math-dialect
+# op per element (erf -> math.erf ...). After Torch -> Linalg, lowering.call_libm replaces each carrier's math op
+# by a call to the C function. A graph that also uses a carrier op for its own sake is refused: the swap would be
+# ambiguous. A carrier that is not swapped computes the carrier's function, and qualification catches that.
+_CARRIERS = {1: ((_aten.erf.default, "math.erf"), (_aten.tan.default, "math.tan"),
+                 (_aten.expm1.default, "math.expm1"), (_aten.log1p.default, "math.log1p")),
+             2: ((_aten.atan2.default, "math.atan2"),)}
+_libm_trace = threading.local()
+
+
+def _libm(fn: str, *xs):
+    """`fn` of the C library applied elementwise to xs (float results), as its carrier op during a trace."""
+    used = getattr(_libm_trace, "used", None)
+    if used is None:
+        raise CompileFailure("import", f"{fn}: the C library is reached only through a traced decomposition")
+    if fn not in used:
+        taken = {c for c, _ in used.values()}
+        free = [c for c in _CARRIERS[len(xs)] if c[0] not in taken]
+        if not free:
+            raise CompileFailure("import", f"{fn}: no carrier op left")
+        used[fn] = free[0]
+    op, _ = used[fn]
+    _libm_trace.calls[op] = _libm_trace.calls.get(op, 0) + 1
+    return op(*xs)
+
+
+def _traced(gm_fn):
+    """Run a make_fx trace (`gm_fn()`), then attach the carriers it used: graph.tme_libm = {math op: C function}."""
+    _libm_trace.used, _libm_trace.calls = {}, {}
+    try:
+        gm = gm_fn()
+        used, calls = _libm_trace.used, _libm_trace.calls
+    finally:
+        _libm_trace.used = _libm_trace.calls = None
+    for op, n in calls.items():
+        if sum(1 for node in gm.graph.nodes if node.target is op) != n:
+            raise CompileFailure("import", f"{op} appears in the graph besides its use as a carrier")
+    gm.graph.tme_libm = {math: fn for fn, (_, math) in used.items()}
+    return gm
+
+
+def _nextafter(x, other):
+    return _libm("nextafter", x, other)
+
+
+_LIBM_UNARY = {_aten.lgamma.default: "lgamma", _aten.erfc.default: "erfc", _aten.special_erfc.default: "erfc",
+               _aten.special_bessel_j0.default: "j0", _aten.special_bessel_j1.default: "j1",
+               _aten.special_bessel_y0.default: "y0", _aten.special_bessel_y1.default: "y1"}
+
+
 # Our own decompositions of ops that neither table decomposes, or whose direct lowering torch-mlir 20261001 gets
 # wrong (FORCED: those compile only through ours).
 _OWN = {_aten._native_multi_head_attention.default: _native_mha, _aten.softshrink.default: _softshrink,
@@ -352,7 +409,7 @@ def decomposed_graph(func, args, kwargs, tensors, perms=None) -> tuple:
     try:
         bases = _distinct(tensors if not perms else
                           [t if p is None else t.permute(p) for t, p in zip(tensors, perms)])
-        gm = make_fx(fn, decomposition_table=decomposition_for(func), tracing_mode="fake")(*bases)
+        gm = _traced(lambda: make_fx(fn, decomposition_table=decomposition_for(func), tracing_mode="fake")(*bases))
     except Exception as e:
         raise CompileFailure("import", f"decomposition: {type(e).__name__}: {e}") from None
     gm.graph.eliminate_dead_code()   # decompositions leave unused temporaries (zero-size stats, ...)
@@ -406,7 +463,7 @@ def upcast_graph(func, args, kwargs, tensors, perms=None, decompose: bool = Fals
         bases = _distinct(tensors if not perms else
                           [t if p is None else t.permute(p) for t, p in zip(tensors, perms)])
         table = decomposition_for(func) if decompose else {}
-        gm = make_fx(fn, decomposition_table=table, tracing_mode="fake")(*bases)
+        gm = _traced(lambda: make_fx(fn, decomposition_table=table, tracing_mode="fake")(*bases))
     except Exception as e:
         raise CompileFailure("import", f"float32 upcast: {type(e).__name__}: {e}") from None
     gm.graph.eliminate_dead_code()

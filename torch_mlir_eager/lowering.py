@@ -441,6 +441,39 @@ def drop_reciprocal_asserts(module) -> int:
     return len(ops)
 
 
+def defined(op) -> bool:
+    """A func.func with a body (not the declaration of a C function the kernel calls)."""
+    op = op.operation
+    return op.name == "func.func" and len(op.regions[0].blocks) > 0
+
+
+def call_libm(module, carriers: dict) -> int:
+    """Replace each math op named in `carriers` (math op -> C function, from importer._libm) by a call to the C
+    function: `erfc` for f64, `erfcf` for f32 (float16/bfloat16 are computed in float32 before this). Returns how
+    many calls were made."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import func as func_d
+    ops = find_ops(module, lambda op: op.name in carriers)
+    declared: set = set()
+    with module.context, ir.Location.unknown():
+        for op in ops:
+            t = op.results[0].type
+            el = str(t)
+            if el not in ("f32", "f64") or any(str(v.type) != el for v in op.operands):
+                raise CompileFailure("lowering", f"{carriers[op.name]}: element type {el}")
+            name = carriers[op.name] + ("f" if el == "f32" else "")
+            if name not in declared:
+                sig = ", ".join([el] * len(op.operands))
+                decl = ir.Module.parse(f"func.func private @{name}({sig}) -> {el}").body.operations[0]
+                module.body.append(decl.operation.clone())
+                declared.add(name)
+            with ir.InsertionPoint(op):
+                call = func_d.CallOp([t], name, list(op.operands))
+            op.results[0].replace_all_uses_with(call.results[0])
+            op.erase()
+    return len(ops)
+
+
 def to_linalg(module) -> None:
     run(module, TORCH_TO_LINALG, "lowering")
     drop_reciprocal_asserts(module)
@@ -454,7 +487,7 @@ def mark_inputs_readonly(module) -> list:
     with module.context:
         ro = ir.DictAttr.get({"bufferization.writable": ir.BoolAttr.get(False)})
         for op in module.body.operations:
-            if op.operation.name == "func.func":
+            if defined(op):
                 inputs = op.attributes["function_type"].value.inputs
                 op.attributes["arg_attrs"] = ir.ArrayAttr.get([ro] * len(inputs))
                 if op.attributes["sym_name"].value == "main":
@@ -496,7 +529,7 @@ def to_llvm(module, noalias: bool = False):
     ranks = mark_inputs_readonly(module)
     with module.context:
         for op in module.body.operations:
-            if op.operation.name == "func.func":
+            if defined(op):
                 op.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
     text = str(module)
     try:

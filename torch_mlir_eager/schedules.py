@@ -12,7 +12,7 @@ import math
 from typing import Optional
 
 from .errors import CompileFailure
-from .lowering import BUFFER_REWRITES, find_ops, mark_inputs_readonly, noalias_inputs
+from .lowering import BUFFER_REWRITES, defined, find_ops, mark_inputs_readonly, noalias_inputs
 
 # Every schedule: a family-specific head finds the op (%{target}0) and may split it across threads (%{target});
 # the shared tail tiles it to a register tile with a k step of 1, vectorizes only that tile, and lowers the
@@ -789,7 +789,7 @@ def to_llvm(module, schedule: Schedule, noalias: bool = True):
             if op.operation.name.startswith("transform."):
                 op.operation.erase()
         for op in m.body.operations:
-            if op.operation.name == "func.func":
+            if defined(op):
                 op.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
     slot = THREADED.format(n=schedule.threads) if schedule.threads > 1 else SERIAL
     _run(m, [slot if p == "{threads}" else p for p in VECTOR_TO_LLVM], "llvm")

@@ -90,7 +90,23 @@ KNOWN_WRONG: Dict[str, Callable[[dict], bool]] = {
     "max_unpool3d": lambda a: True,
     "_embedding_bag_forward_only": lambda a: True,
     "_embedding_bag": lambda a: True,
+    # computed by the C library (importer._libm), whose Bessel functions and PyTorch's own agree (1e-4 float32,
+    # 1e-7 float64) only up to |x| = 65536 in float32 and 5 in float64 (measured over 60,000 arguments); beyond
+    # that, or for a NaN or an infinity, the call runs natively
+    **{f"special_bessel_{n}": lambda a: _beyond(a.get("self"), 65536.0, 5.0) for n in ("j0", "j1", "y0", "y1")},
 }
+
+
+def _beyond(x, f32_limit: float, f64_limit: float) -> bool:
+    """x holds a value (or NaN) outside [-limit, limit]; the limit by dtype (float64 or narrower)."""
+    import numpy as np
+    if not isinstance(x, torch.Tensor) or not x.numel():
+        return False
+    if not x.is_floating_point():
+        x = x.double()
+    limit = f64_limit if x.dtype == torch.float64 else f32_limit
+    a = x.detach().float().numpy() if x.dtype in (torch.float16, torch.bfloat16) else x.detach().numpy()
+    return not bool(np.abs(a).max() <= limit)
 
 
 def _is_index_tensor(v) -> bool:

@@ -230,6 +230,8 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     _dump(req, pre + "torch.mlir", lambda: str(module))
     _dump(req, "stage.txt", lambda: pre + "lowering")
     lowering.to_linalg(module)
+    if getattr(graph, "tme_libm", None):
+        lowering.call_libm(module, graph.tme_libm)
     lowering.expand_math(module)
     lowering.reassociate_reductions(module)
     _dump(req, pre + "linalg.mlir", lambda: str(module))

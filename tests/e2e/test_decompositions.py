@@ -82,3 +82,58 @@ def test_cumulative_extreme_kernel_on_new_values():
         x[torch.randint(0, 64, (2,))] = NAN
         check_op(lambda t: torch.cummax(t, 0), x)
     assert row("aten.cummax.default")["cache_hits"] >= 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("op,fn", [("aten.lgamma.default", torch.lgamma), ("aten.erfc.default", torch.erfc)])
+def test_c_library_functions(op, fn, dtype):
+    """Ops computed by the C library (importer._libm): poles, zeros, signs, tails, NaN and infinities, qualified on
+    ordinary values first, and on an integer input."""
+    check_op(fn, torch.linspace(0.25, 9.0, 12, dtype=dtype))
+    edges = torch.tensor([0.0, -0.0, -1.0, -2.5, 1.0, 2.0, 0.5, 1e-30, 30.0, 1e10, 3e38, -3e38, NAN, INF, -INF, 7.0],
+                         dtype=dtype)
+    check_op(fn, edges)
+    check_op(fn, edges.flip(0))                  # the kernel again
+    check_op(fn, torch.arange(-3, 5))
+    assert row(op)["mlir_calls"] == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", ["j0", "j1", "y0", "y1"])
+def test_bessel_functions_within_the_range_where_libm_agrees(n, dtype):
+    """The C library's Bessel functions agree with PyTorch's up to |x| = 65536 (float32) and 5 (float64): calls
+    beyond, or with a NaN, run natively (validate.KNOWN_WRONG)."""
+    fn = getattr(torch.special, f"bessel_{n}")
+    limit = 5.0 if dtype == torch.float64 else 65536.0
+    inside = torch.cat([torch.linspace(-limit, limit, 40, dtype=dtype), torch.tensor([0.0, -0.0, 1e-30], dtype=dtype)])
+    check_op(fn, inside)
+    check_op(fn, inside.flip(0))
+    assert row(f"aten.special_bessel_{n}.default")["mlir_calls"] == 2
+    for bad in (limit * 1.5, NAN, INF, -INF):
+        check_op(fn, torch.where(inside == inside[3], torch.tensor(bad, dtype=dtype), inside))
+    assert row(f"aten.special_bessel_{n}.default")["mlir_calls"] == 2
+
+
+def test_nextafter_and_mvlgamma():
+    a = torch.tensor([[0.0, -0.0, 1.0, NAN, INF, -INF, 1e-45, 3.4e38]]).repeat(2, 1)
+    b = torch.tensor([1.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, INF])
+    check_op(torch.nextafter, a, b, rtol=0, atol=0)                   # one ulp: exact
+    check_op(torch.nextafter, b.view(1, 8), a, rtol=0, atol=0)
+    assert row("aten.nextafter.default")["mlir_calls"] == 2
+    check_op(lambda x: torch.mvlgamma(x, 3), torch.linspace(1.1, 20.0, 9))
+    assert row("aten.mvlgamma.default")["mlir_calls"] == 1
+
+
+def test_a_carrier_op_used_for_its_own_sake_is_refused():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from torch_mlir_eager import importer
+    from torch_mlir_eager.errors import CompileFailure
+
+    def both(x):
+        return importer._libm("erfc", x) + torch.ops.aten.erf.default(x)
+    with pytest.raises(CompileFailure, match="besides its use as a carrier"):
+        importer._traced(lambda: make_fx(both, tracing_mode="fake")(torch.randn(3)))
+    gm = importer._traced(lambda: make_fx(lambda x: importer._libm("erfc", x) * 2, tracing_mode="fake")(
+        torch.randn(3)))
+    assert gm.graph.tme_libm == {"math.erf": "erfc"}
