@@ -125,6 +125,8 @@ def decomposition_table() -> dict:
     # C library functions, inside any decomposition (mvlgamma's lgamma...): their carriers (see _libm)
     table.update({op: functools.partial(_libm, fn) for op, fn in _LIBM_UNARY.items()})
     table[_aten.nextafter.default] = _nextafter
+    table.update({_aten.special_erfcx.default: _erfcx, _aten.special_log_ndtr.default: _log_ndtr,
+                  _aten.special_spherical_bessel_j0.default: _spherical_bessel_j0})
     return table
 
 
@@ -353,6 +355,46 @@ def _traced(gm_fn):
 
 def _nextafter(x, other):
     return _libm("nextafter", x, other)
+
+
+def _float_result(x):
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
+def _erfcx64(d):
+    """exp(d^2) erfc(d) for a float64 tensor: directly up to 26, then the asymptotic series (relative error of its
+    first omitted term at 26: 2e-13), where exp(d^2) would overflow and erfc underflow."""
+    big = d > 26.0
+    safe = torch.where(big, torch.zeros_like(d), d)
+    direct = torch.exp(safe * safe) * _libm("erfc", safe)
+    inv = 1.0 / d
+    t = inv * inv
+    asym = inv * (1.0 / math.sqrt(math.pi)) * (1 - 0.5 * t * (1 - 1.5 * t * (1 - 2.5 * t * (1 - 3.5 * t))))
+    return torch.where(big, asym, direct)
+
+
+def _erfcx(x):
+    return _erfcx64(x.to(torch.float64)).to(_float_result(x))
+
+
+def _log_ndtr(x):
+    """log of the standard normal CDF: log(erfcx(-x/sqrt2)/2) - x^2/2 in the left tail (x < -1), else
+    log1p(-erfc(x/sqrt2)/2), in float64."""
+    d = x.to(torch.float64)
+    t = d * math.sqrt(0.5)
+    low = torch.log(_erfcx64(-t) / 2) - d * d / 2
+    high = torch.log1p(-_libm("erfc", t) / 2)
+    return torch.where(d < -1, low, high).to(_float_result(x))
+
+
+def _spherical_bessel_j0(x):
+    """sin(x)/x; its Taylor series below |x| = 0.5 (no 0/0), 0 at infinities; in float64."""
+    d = x.to(torch.float64)
+    x2 = d * d
+    series = 1 + x2 * (-1 / 6 + x2 * (1 / 120 + x2 * (-1 / 5040 + x2 * (1 / 362880 + x2 * (
+        -1 / 39916800 + x2 * (1 / 6227020800))))))
+    r = torch.where(d.abs() < 0.5, series, torch.sin(d) / d)
+    return torch.where(torch.isinf(d), torch.zeros_like(d), r).to(_float_result(x))
 
 
 _LIBM_UNARY = {_aten.lgamma.default: "lgamma", _aten.erfc.default: "erfc", _aten.special_erfc.default: "erfc",

@@ -137,3 +137,18 @@ def test_a_carrier_op_used_for_its_own_sake_is_refused():
     gm = importer._traced(lambda: make_fx(lambda x: importer._libm("erfc", x) * 2, tracing_mode="fake")(
         torch.randn(3)))
     assert gm.graph.tme_libm == {"math.erf": "erfc"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["erfcx", "log_ndtr", "spherical_bessel_j0"])
+def test_erfc_based_special_functions_over_their_whole_range(name, dtype):
+    """Our float64 formulas (importer._erfcx, _log_ndtr, _spherical_bessel_j0) against PyTorch's over 30 orders of
+    magnitude each side, the asymptotic switch at 26, zeros, NaN and infinities, after qualifying on [-3, 3]."""
+    fn = getattr(torch.special, name)
+    mag = torch.logspace(-30, 38.5, 400, dtype=torch.float64)
+    x = torch.cat([mag, -mag, torch.linspace(-40, 40, 401, dtype=torch.float64),
+                   torch.tensor([26.0, 25.99, 26.01, 0.0, -0.0, NAN, INF, -INF], dtype=torch.float64)]).to(dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-7, atol=1e-7)
+    check_op(fn, torch.linspace(-3, 3, x.numel(), dtype=dtype), **tol)
+    check_op(fn, x, **tol)
+    assert row(f"aten.special_{name}.default")["mlir_calls"] == 2
