@@ -94,7 +94,23 @@ KNOWN_WRONG: Dict[str, Callable[[dict], bool]] = {
     # 1e-7 float64) only up to |x| = 65536 in float32 and 5 in float64 (measured over 60,000 arguments); beyond
     # that, or for a NaN or an infinity, the call runs natively
     **{f"special_bessel_{n}": lambda a: _beyond(a.get("self"), 65536.0, 5.0) for n in ("j0", "j1", "y0", "y1")},
+    # orthogonal polynomials: our kernels unroll the recurrence up to importer.POLY_MAX_DEGREE
+    **{f"special_{name}_polynomial_{k}": lambda a: _degree_beyond(a.get("n"))
+       for name, kinds in (("chebyshev", "tuvw"), ("shifted_chebyshev", "tuvw"), ("hermite", ("h", "he")),
+                           ("laguerre", "l"), ("legendre", "p")) for k in kinds},
 }
+
+
+def _degree_beyond(n) -> bool:
+    """A degree that truncates past importer.POLY_MAX_DEGREE (or below minus it), or is not finite."""
+    import numpy as np
+    from .importer import POLY_MAX_DEGREE
+    if isinstance(n, torch.Tensor):
+        if not n.numel():
+            return False
+        a = n.detach().double().numpy() if n.dtype in (torch.float16, torch.bfloat16) else n.detach().numpy()
+        return not bool(np.abs(a).max() < POLY_MAX_DEGREE + 1)
+    return not (isinstance(n, (int, float)) and abs(n) < POLY_MAX_DEGREE + 1)
 
 
 def _beyond(x, f32_limit: float, f64_limit: float) -> bool:

@@ -152,3 +152,31 @@ def test_erfc_based_special_functions_over_their_whole_range(name, dtype):
     check_op(fn, torch.linspace(-3, 3, x.numel(), dtype=dtype), **tol)
     check_op(fn, x, **tol)
     assert row(f"aten.special_{name}.default")["mlir_calls"] == 2
+
+
+POLYNOMIALS = [f"chebyshev_polynomial_{k}" for k in "tuvw"] + [f"shifted_chebyshev_polynomial_{k}" for k in "tuvw"] + [
+    "hermite_polynomial_h", "hermite_polynomial_he", "laguerre_polynomial_l", "legendre_polynomial_p"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", POLYNOMIALS)
+def test_orthogonal_polynomials_every_degree_and_edge(name, dtype):
+    """Degrees -3 .. 16 (fractional ones truncate), at the interval's ends (+-1, 0 for the shifted kinds), just
+    inside them, outside, NaN and infinities, against PyTorch; scalar degree and scalar x; a degree past
+    importer.POLY_MAX_DEGREE runs natively."""
+    fn = getattr(torch.special, name)
+    xs = torch.tensor([-1.0, 1.0, 0.0, -0.0, 0.5, 0.3, -0.7, 0.999999, -0.999999, 1e-9, 1.5, -2.5, 7.0, NAN, INF, -INF,
+                       0.25, 0.75], dtype=dtype)
+    ns = torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.0, 2.7, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 15.0, 16.0, 16.9],
+                      dtype=dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-7, atol=1e-7)
+    op = f"aten.special_{name}.default"
+    check_op(fn, xs.view(-1, 1), ns.view(1, -1), **tol)                    # every x with every degree
+    check_op(fn, xs.flip(0).view(-1, 1), ns.view(1, -1), **tol)
+    assert row(op)["mlir_calls"] == 2
+    check_op(lambda x: fn(x, 7), xs, **tol)
+    check_op(lambda n: fn(0.3, n), ns, **tol)
+    assert row(f"aten.special_{name}.n_scalar")["mlir_calls"] == 1
+    assert row(f"aten.special_{name}.x_scalar")["mlir_calls"] == 1
+    check_op(fn, xs.view(-1, 1), torch.tensor([3.0, 17.0], dtype=dtype))  # degree 17: natively
+    assert row(op)["fallback_calls"] == 1
