@@ -125,6 +125,8 @@ def decomposition_table() -> dict:
     # C library functions, inside any decomposition (mvlgamma's lgamma...): their carriers (see _libm)
     table.update({op: functools.partial(_libm, fn) for op, fn in _LIBM_UNARY.items()})
     table[_aten.nextafter.default] = _nextafter
+    table.update({_aten.copysign.Tensor: _copysign, _aten.copysign.Scalar: _copysign,
+                  _aten.signbit.default: _signbit})
     table.update({_aten.special_erfcx.default: _erfcx, _aten.special_log_ndtr.default: _log_ndtr,
                   _aten.special_spherical_bessel_j0.default: _spherical_bessel_j0})
     table.update(_polynomial_table())
@@ -356,6 +358,23 @@ def _traced(gm_fn):
 
 def _nextafter(x, other):
     return _libm("nextafter", x, other)
+
+
+def _copysign(x, other):
+    """|x| with the sign bit of other (a NaN's and -0's included): libm's copysign, in the promoted float dtype."""
+    if not isinstance(other, torch.Tensor):
+        other = torch.full_like(x, other, dtype=torch.result_type(x, other))
+    dt = torch.result_type(x, other)
+    if not dt.is_floating_point:
+        dt = torch.get_default_dtype()
+    return _libm("copysign", x.to(dt), other.to(dt))
+
+
+def _signbit(x):
+    """The sign bit, of NaN and -0 too (torch-mlir's signbit reads it through a bitcast it cannot lower)."""
+    if not x.is_floating_point():
+        return x < 0
+    return _libm("copysign", torch.ones_like(x), x) < 0
 
 
 def _float_result(x):

@@ -180,3 +180,21 @@ def test_orthogonal_polynomials_every_degree_and_edge(name, dtype):
     assert row(f"aten.special_{name}.x_scalar")["mlir_calls"] == 1
     check_op(fn, xs.view(-1, 1), torch.tensor([3.0, 17.0], dtype=dtype))  # degree 17: natively
     assert row(op)["fallback_calls"] == 1
+
+
+def test_copysign_and_signbit_read_the_sign_bit_of_zeros_and_nans():
+    """libm's copysign through a carrier: -0.0 and a negative NaN keep their sign bit (assert_close cannot see
+    it, so the bits are compared)."""
+    neg_nan = -torch.tensor(NAN)
+    a = torch.tensor([1.0, -2.0, 0.0, -0.0, NAN, 3.0, INF, 5.0])
+    b = torch.cat([torch.tensor([-0.0, 0.0, -1.0, 1.0, 1.0, -INF, -3.0]), neg_nan.view(1)])
+    for got, want in ((check_op(torch.copysign, a, b), torch.copysign(a, b)),
+                      (check_op(torch.copysign, b, a), torch.copysign(b, a)),
+                      (check_op(lambda x: torch.copysign(x, -1.5), a), torch.copysign(a, -1.5))):
+        assert torch.equal(torch.signbit(tme.unwrap(got)), torch.signbit(want))
+    for x in (a, b, b.double()):
+        got = tme.unwrap(check_op(torch.signbit, x))
+        assert torch.equal(got, torch.signbit(x))
+    check_op(torch.signbit, torch.tensor([-3, 0, 4]))
+    assert row("aten.copysign.Tensor")["mlir_calls"] == 2 and row("aten.copysign.Scalar")["mlir_calls"] == 1
+    assert row("aten.signbit.default")["mlir_calls"] == 4
