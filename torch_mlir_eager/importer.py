@@ -127,6 +127,8 @@ def decomposition_table() -> dict:
     table[_aten.nextafter.default] = _nextafter
     table.update({_aten.copysign.Tensor: _copysign, _aten.copysign.Scalar: _copysign,
                   _aten.signbit.default: _signbit})
+    table.update({_aten.fmax.default: functools.partial(_fmax_fmin, is_max=True),
+                  _aten.fmin.default: functools.partial(_fmax_fmin, is_max=False)})
     table.update({_aten.special_erfcx.default: _erfcx, _aten.special_log_ndtr.default: _log_ndtr,
                   _aten.special_spherical_bessel_j0.default: _spherical_bessel_j0})
     table.update(_polynomial_table())
@@ -370,6 +372,17 @@ def _copysign(x, other):
     return _libm("copysign", x.to(dt), other.to(dt))
 
 
+def _fmax_fmin(a, b, is_max: bool):
+    """The larger (smaller) ignoring a NaN unless both are; a when equal (so fmax(-0., 0.) is -0., as PyTorch's).
+    (torch-mlir 20261001's own lowering fails for some broadcasts: tensor.cast of tensor<i1> to tensor<5xi1>.)"""
+    dt = torch.result_type(a, b)
+    a, b = a.to(dt), b.to(dt)
+    keep_a = (a >= b) if is_max else (a <= b)
+    if dt.is_floating_point:
+        keep_a = keep_a | torch.isnan(b)
+    return torch.where(keep_a, a, b)
+
+
 def _signbit(x):
     """The sign bit, of NaN and -0 too (torch-mlir's signbit reads it through a bitcast it cannot lower)."""
     if not x.is_floating_point():
@@ -539,7 +552,8 @@ _OWN = {_aten._native_multi_head_attention.default: _native_mha, _aten.softshrin
         _aten.index_reduce.default: _index_reduce,
         _aten.cummax.default: functools.partial(_cumulative_extreme, is_max=True),
         _aten.cummin.default: functools.partial(_cumulative_extreme, is_max=False)}
-FORCED = frozenset({_aten.softshrink.default, _aten.renorm.default})
+# (fmax/fmin: torch-mlir's returns b where a == b, so fmax(-0., 0.) is 0., PyTorch's -0.)
+FORCED = frozenset({_aten.softshrink.default, _aten.renorm.default, _aten.fmax.default, _aten.fmin.default})
 
 
 def decompose_only(func, kwargs) -> bool:
