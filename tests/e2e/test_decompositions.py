@@ -211,3 +211,27 @@ def test_fmax_fmin_nan_and_signed_zeros(fn):
         assert torch.equal(torch.signbit(got), torch.signbit(fn(x, y)))
     check_op(fn, torch.tensor([3, -1, 5]), torch.tensor([2, 2, 2]))
     assert row(f"aten.{fn.__name__}.default")["mlir_calls"] == 5
+
+
+BESSEL_IK = ["i0", "special.i0e", "special.i1", "special.i1e", "special.modified_bessel_i0",
+             "special.modified_bessel_i1", "special.modified_bessel_k0", "special.modified_bessel_k1",
+             "special.scaled_modified_bessel_k0", "special.scaled_modified_bessel_k1"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", BESSEL_IK)
+def test_modified_bessel_functions_over_their_whole_range(name, dtype):
+    """Series below 10-15, Hankel's expansion above (importer._bessel_i/_bessel_k): against PyTorch from 1e-30 to
+    3e38 both signs, across the switch points, where exp overflows (88.72 in float32, 709.78 in float64), at 0,
+    NaN and infinities; qualified on [-3, 3] first."""
+    fn = torch.i0 if name == "i0" else getattr(torch.special, name.split(".")[1])
+    mag = torch.logspace(-30, 38.5, 300, dtype=torch.float64)
+    x = torch.cat([mag, -mag, torch.linspace(-30, 30, 241, dtype=torch.float64),
+                   torch.tensor([9.99, 10.0, 10.01, 14.99, 15.0, 15.01, 88.72, 88.7228, 88.72284, 88.723, 89.5, 91.9,
+                                 92.1, 103.9, 104.1, 709.78, 709.79, 713.9, 714.1, 0.0, -0.0, NAN, INF, -INF],
+                                dtype=torch.float64)]).to(dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-7, atol=1e-7)
+    check_op(fn, torch.linspace(-3, 3, x.numel(), dtype=dtype), **tol)
+    check_op(fn, x, **tol)
+    op = "aten.i0.default" if name == "i0" else f"aten.special_{name.split('.')[1]}.default"
+    assert row(op)["mlir_calls"] == 2
