@@ -133,6 +133,10 @@ def decomposition_table() -> dict:
                   _aten.special_spherical_bessel_j0.default: _spherical_bessel_j0})
     table.update(_polynomial_table())
     table.update(_bessel_table())
+    table.update({_aten.digamma.default: _digamma, _aten.special_psi.default: _digamma,
+                  _aten.special_digamma.default: _digamma, _aten.polygamma.default: _polygamma,
+                  _aten.special_polygamma.default: _polygamma, _aten.special_zeta.default: _zeta,
+                  _aten.special_zeta.self_scalar: _zeta, _aten.special_zeta.other_scalar: _zeta})
     return table
 
 
@@ -538,6 +542,149 @@ def _bessel_table() -> dict:
             _aten.special_modified_bessel_k1.default: functools.partial(_bessel_k, 1, False),
             _aten.special_scaled_modified_bessel_k0.default: functools.partial(_bessel_k, 0, True),
             _aten.special_scaled_modified_bessel_k1.default: functools.partial(_bessel_k, 1, True)}
+
+
+# ---- digamma, trigamma, polygamma and Hurwitz zeta ----
+# PyTorch's algorithms (Cephes-derived) re-expressed as tensor operations: digamma's and trigamma's recurrences run
+# a bounded number of steps (each element's own steps masked), in the input's dtype with the same operations in
+# the same order; zeta sums 9 terms and the Euler-Maclaurin tail in float64, as PyTorch does on the CPU. Arguments
+# that need zeta's longer loop (a negative non-integer q) run natively (validate.KNOWN_WRONG).
+_PSI_10 = 2.25175258906672110764
+# digamma's asymptotic series: -B_2k / (2k) for k = 7 .. 1 (Horner order)
+_PSI_ASYM = [-1 / 12, 691 / 32760, -1 / 132, 1 / 240, -1 / 252, 1 / 120, -1 / 12]
+# zeta's Euler-Maclaurin divisors: (2k)! / B_2k, k = 1 .. 12
+_BERNOULLI = [(1, 6), (-1, 30), (1, 42), (-1, 30), (5, 66), (-691, 2730), (7, 6), (-3617, 510), (43867, 798),
+              (-174611, 330), (854513, 138), (-236364091, 2730)]
+_ZETA_A = [math.factorial(2 * k + 2) * den / num for k, (num, den) in enumerate(_BERNOULLI)]
+_MACHEP = 1.11022302462515654042e-16
+
+
+def _digamma_at_least(v, result):
+    """digamma for v > 0: push v to >= 10 (at most 10 steps), then the asymptotic series; `result` accumulates."""
+    for _ in range(10):
+        below = v < 10
+        result = torch.where(below, result - 1 / v, result)
+        v = torch.where(below, v + 1, v)
+    z = 1 / (v * v)
+    poly = torch.zeros_like(z)
+    for c in _PSI_ASYM:
+        poly = poly * z - c                     # the coefficients are stored negated above: -(-c) = c
+    y = torch.where(v < 1.0e17, z * poly, torch.zeros_like(z))
+    asym = result + torch.log(v) - 0.5 / v - y
+    return torch.where(v == 10, result + _PSI_10, asym)
+
+
+def _digamma(x):
+    dt = _float_result(x)
+    x = x.to(dt)
+    one = torch.ones_like(x)
+    integer = x == torch.trunc(x)
+    r = (x - torch.trunc(x)).to(torch.float64)
+    pi_over_tan = (math.pi / torch.tan(math.pi * r)).to(dt)
+    neg = _digamma_at_least(torch.where(x < 0, 1 - x, one), torch.zeros_like(x)) - pi_over_tan
+    pos = _digamma_at_least(torch.where(x > 0, x, one), torch.zeros_like(x))
+    res = torch.where(x < 0, torch.where(integer, torch.full_like(x, math.nan), neg), pos)
+    res = torch.where(x == 0, -1 / x, res)            # +0 -> -inf, -0 -> +inf
+    return torch.where(torch.isnan(x), x, res)
+
+
+def _trigamma(x):
+    dt = _float_result(x)
+    x = x.to(dt)
+    low = x < 0.5
+    pi = math.pi
+    sin_pi_x = torch.sin(pi * x)
+    result = torch.where(low, -(pi * pi) / (sin_pi_x * sin_pi_x), torch.zeros_like(x))
+    x = torch.where(low, 1 - x, x)
+    for _ in range(6):
+        result = result + 1 / (x * x)
+        x = x + 1
+    ixx = 1 / (x * x)
+    result = result + (1 + 1 / (2 * x) + ixx * (1. / 6 - ixx * (1. / 30 - ixx * (1. / 42)))) / x
+    return torch.where(low, -result, result)
+
+
+ZETA_MIN_Q = -32.0          # zeta's sum runs while q + i <= 9: a negative q below this runs natively
+
+
+def _pow(a, y):
+    """a ** y with C's pow semantics for a negative a and an integer y (the kernel's powf is exp(y log a): NaN)."""
+    p = torch.pow(a.abs(), y)
+    odd = torch.remainder(y, 2) == 1
+    return torch.where((a < 0) & (y == torch.floor(y)), torch.where(odd, -p, p),
+                       torch.where(a < 0, torch.full_like(p, math.nan), p))
+
+
+def _zeta64(x, q):
+    """Hurwitz zeta(x, q) in float64 for q >= ZETA_MIN_Q (others: natively, validate.KNOWN_WRONG)."""
+    s = _pow(q, -x)
+    a, b = q, torch.zeros_like(s)
+    early = torch.zeros_like(s, dtype=torch.bool)       # returned the plain sum (its next term was negligible)
+    for i in range(9 + int(-ZETA_MIN_Q) + 1):
+        active = ~early if i < 9 else ~early & (a <= 9.0)   # PyTorch's while condition, per element
+        a = torch.where(active, a + 1, a)
+        b = torch.where(active, _pow(a, -x), b)
+        s = torch.where(active, s + b, s)
+        early = early | (active & (-_MACHEP * s < b) & (b < _MACHEP * s))
+    w = a
+    t_sum = s + b * w / (x - 1) - 0.5 * b
+    fa, k = torch.ones_like(s), 0.0
+    for i in range(12):
+        fa = fa * (x + k)
+        b = b / w
+        t_sum = t_sum + fa * b / _ZETA_A[i]
+        k += 1.0
+        fa = fa * (x + k)
+        b = b / w
+        k += 1.0
+    res = torch.where(early, s, t_sum)
+    inf, nan = torch.full_like(res, math.inf), torch.full_like(res, math.nan)
+    res = torch.where((q <= 0) & (q == torch.floor(q)), inf,
+                      torch.where((q <= 0) & (x != torch.floor(x)), nan, res))
+    return torch.where(x == 1, inf, torch.where(x < 1, nan, res))
+
+
+def _filled_like(t, value):
+    """A tensor of t's shape holding `value`, computed from t: constant ones (full_like) made torch-mlir 20261001
+    fold zeta's sum into NaN."""
+    t = t.to(torch.float64)
+    return torch.where(torch.isfinite(t), t * 0, torch.zeros_like(t)) + float(value)
+
+
+def _zeta(x, q):
+    dt = torch.result_type(x, q)
+    if not isinstance(x, torch.Tensor):
+        x = _filled_like(q, x)
+    if not isinstance(q, torch.Tensor):
+        q = _filled_like(x, q)
+    if not dt.is_floating_point:
+        dt = torch.get_default_dtype()
+    return _zeta64(x.to(torch.float64), q.to(torch.float64)).to(dt)
+
+
+def _exp_lgamma(v: float, dt) -> float:
+    """exp(lgamma(v)) as PyTorch computes it for dtype dt: the C library's float or double functions."""
+    import ctypes
+    import ctypes.util
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    ct, suffix = (ctypes.c_double, "") if dt == torch.float64 else (ctypes.c_float, "f")
+    lgamma, exp = getattr(libm, "lgamma" + suffix), getattr(libm, "exp" + suffix)
+    for f in (lgamma, exp):
+        f.restype, f.argtypes = ct, [ct]
+    return exp(lgamma(v))
+
+
+def _polygamma(n, x):
+    if n == 0:
+        return _digamma(x)
+    if n == 1:
+        return _trigamma(x)
+    dt = _float_result(x)
+    x = x.to(dt)
+    factorial = _exp_lgamma(float(n) + 1, dt)
+    q = x.to(torch.float64)
+    z = _zeta64(_filled_like(q, n + 1), q).to(dt)
+    return (1.0 if n % 2 else -1.0) * factorial * z
 
 
 # ---- orthogonal polynomials of degree n (special.chebyshev_polynomial_t ... legendre_polynomial_p) ----

@@ -94,11 +94,44 @@ KNOWN_WRONG: Dict[str, Callable[[dict], bool]] = {
     # 1e-7 float64) only up to |x| = 65536 in float32 and 5 in float64 (measured over 60,000 arguments); beyond
     # that, or for a NaN or an infinity, the call runs natively
     **{f"special_bessel_{n}": lambda a: _beyond(a.get("self"), 65536.0, 5.0) for n in ("j0", "j1", "y0", "y1")},
+    # Hurwitz zeta's sum runs until q + i > 9: a negative non-integer q (polygamma's x) needs more terms than
+    # our kernels unroll (importer._zeta64)
+    "special_zeta": lambda a: _zeta_long_sum(a.get("self"), a.get("other")),
+    "polygamma": lambda a: a.get("n", 0) >= 2 and _negative_fraction(a.get("self")),
+    "special_polygamma": lambda a: a.get("n", 0) >= 2 and _negative_fraction(a.get("self")),
     # orthogonal polynomials: our kernels unroll the recurrence up to importer.POLY_MAX_DEGREE
     **{f"special_{name}_polynomial_{k}": lambda a: _degree_beyond(a.get("n"))
        for name, kinds in (("chebyshev", "tuvw"), ("shifted_chebyshev", "tuvw"), ("hermite", ("h", "he")),
                            ("laguerre", "l"), ("legendre", "p")) for k in kinds},
 }
+
+
+def _negative_fraction(q) -> bool:
+    """q holds a non-integer below importer.ZETA_MIN_Q (zeta's sum over it is longer than our kernels unroll)."""
+    import numpy as np
+    from .importer import ZETA_MIN_Q
+    if isinstance(q, torch.Tensor):
+        if not q.numel() or not q.is_floating_point():
+            return False
+        a = q.detach().double().numpy() if q.dtype in (torch.float16, torch.bfloat16) else q.detach().numpy()
+        return bool(np.any((a < ZETA_MIN_Q) & (a != np.floor(a))))
+    return isinstance(q, float) and q < ZETA_MIN_Q and q != math.floor(q)
+
+
+def _zeta_long_sum(x, q) -> bool:
+    """Some zeta(x, q) element reaches the sum with a non-integer q below importer.ZETA_MIN_Q: x an integer above 1
+    (every other x gives NaN or inf before the sum)."""
+    import numpy as np
+    if not _negative_fraction(q):
+        return False
+
+    def arr(v):
+        if isinstance(v, torch.Tensor):
+            return v.detach().double().numpy()
+        return np.asarray(float(v))
+    from .importer import ZETA_MIN_Q
+    xa, qa = np.broadcast_arrays(arr(x), arr(q))
+    return bool(np.any((qa < ZETA_MIN_Q) & (qa != np.floor(qa)) & (xa > 1) & (xa == np.floor(xa))))
 
 
 def _degree_beyond(n) -> bool:

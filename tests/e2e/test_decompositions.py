@@ -235,3 +235,40 @@ def test_modified_bessel_functions_over_their_whole_range(name, dtype):
     check_op(fn, x, **tol)
     op = "aten.i0.default" if name == "i0" else f"aten.special_{name.split('.')[1]}.default"
     assert row(op)["mlir_calls"] == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4])
+def test_digamma_polygamma_over_their_whole_range(n, dtype):
+    """PyTorch's recurrences and zeta sum re-expressed (importer._digamma, _trigamma, _zeta64): from 1e-30 to 3e38,
+    negative arguments down to -32 (zeta's longer sum), the poles (0, -0, negative integers), NaN and infinities;
+    a negative non-integer below -32 runs natively for n >= 2."""
+    fn = (lambda x: torch.polygamma(n, x)) if n else torch.digamma
+    op = "aten.digamma.default" if n == 0 else "aten.polygamma.default"
+    mag = torch.logspace(-30, 38.5, 200, dtype=torch.float64)
+    x = torch.cat([mag, torch.linspace(-31.9, 30, 500, dtype=torch.float64), torch.arange(-4.0, 12.0),
+                   torch.tensor([1.4616321, 0.5, 9.999, 10.0, 0.0, -0.0, NAN, INF, -INF], dtype=torch.float64)])
+    x = x.to(dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-7, atol=1e-7)
+    check_op(fn, torch.linspace(0.5, 3, x.numel(), dtype=dtype), **tol)
+    check_op(fn, x, **tol)
+    assert row(op)["mlir_calls"] == 2
+    if n >= 2:
+        check_op(fn, torch.tensor([1.5, -40.5], dtype=dtype), **tol)
+        assert row(op)["fallback_calls"] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hurwitz_zeta(dtype):
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-7, atol=1e-7)
+    x = torch.tensor([1.0, 1.5, 2.0, 3.0, 7.5, 20.0, 0.5, -1.0, 50.0, NAN, INF], dtype=dtype).view(-1, 1)
+    q = torch.cat([torch.logspace(-5, 5, 40, dtype=dtype), torch.tensor([0.0, -1.0, -2.0, -2.5, -31.5, 1.0, 0.5, NAN,
+                                                                             INF], dtype=dtype)]).view(1, -1)
+    check_op(torch.special.zeta, x, q, **tol)
+    check_op(torch.special.zeta, 2.0, q, **tol)
+    check_op(torch.special.zeta, x, 1.5, **tol)
+    assert row("aten.special_zeta.default")["mlir_calls"] == 1
+    assert row("aten.special_zeta.self_scalar")["mlir_calls"] == 1
+    assert row("aten.special_zeta.other_scalar")["mlir_calls"] == 1
+    check_op(torch.special.zeta, x, torch.tensor([-40.5], dtype=dtype), **tol)    # longer sum: natively
+    assert row("aten.special_zeta.default")["fallback_calls"] == 1
