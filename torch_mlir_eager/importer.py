@@ -127,6 +127,8 @@ def decomposition_table() -> dict:
     table[_aten.nextafter.default] = _nextafter
     table.update({_aten.copysign.Tensor: _copysign, _aten.copysign.Scalar: _copysign,
                   _aten.signbit.default: _signbit})
+    table.update({_aten.searchsorted.Tensor: _searchsorted, _aten.searchsorted.Scalar: _searchsorted,
+                  _aten.logsumexp.default: _logsumexp, _aten.repeat.default: _repeat})
     table.update({_aten.fmax.default: functools.partial(_fmax_fmin, is_max=True),
                   _aten.fmin.default: functools.partial(_fmax_fmin, is_max=False)})
     table.update({_aten.special_erfcx.default: _erfcx, _aten.special_log_ndtr.default: _log_ndtr,
@@ -386,6 +388,48 @@ def _fmax_fmin(a, b, is_max: bool):
     if dt.is_floating_point:
         keep_a = keep_a | torch.isnan(b)
     return torch.where(keep_a, a, b)
+
+
+def _searchsorted(sorted_sequence, self, *, out_int32=False, right=False, side=None, sorter=None):
+    """PyTorch's binary search itself, unrolled (bit_length(S) halvings, each element's interval masked): the same
+    positions for unsorted rows and NaN as the native op, not just for well-formed input."""
+    seq = sorted_sequence
+    upper = bool(right) or side == "right"
+    n = seq.shape[-1]
+    if not isinstance(self, torch.Tensor):       # searchsorted.Scalar: a value computed from seq (no 0-d constant)
+        first = seq.reshape(-1)[:1].to(torch.float64)
+        self = (torch.where(torch.isfinite(first), first * 0, torch.zeros_like(first)) + float(self)).to(
+            seq.dtype).reshape([])
+    one_d = seq.dim() == 1
+    vals = self.reshape(-1) if one_d else self
+    start = torch.zeros(vals.shape, dtype=torch.int64)
+    end = torch.full(vals.shape, n, dtype=torch.int64)
+    for _ in range(n.bit_length()):
+        active = start < end
+        mid = start + torch.div(end - start, 2, rounding_mode="floor")
+        pos = mid.clamp(max=max(n - 1, 0))
+        if sorter is not None:
+            pos = sorter[pos] if one_d else torch.gather(sorter, -1, pos)
+        mid_val = seq[pos] if one_d else torch.gather(seq, -1, pos)
+        go_right = ~(mid_val > vals) if upper else ~(mid_val >= vals)
+        start = torch.where(active & go_right, mid + 1, start)
+        end = torch.where(active & ~go_right, mid, end)
+    res = start.reshape(self.shape) if one_d else start
+    return res.to(torch.int32 if out_int32 else torch.int64)
+
+
+def _logsumexp(x, dim, keepdim=False):
+    """log(sum(exp(x - m))) + m with m the maximum (0 where infinite), as PyTorch; a 0-d x reduced as shape [1]
+    (torch-mlir 20261001 fails on it: torch.constant.bool)."""
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    if x.dim() == 0:
+        return _logsumexp(x.reshape(1), [0], True).reshape([])
+    dims = [d % x.dim() for d in ([dim] if isinstance(dim, int) else (dim or range(x.dim())))]
+    m = torch.amax(x, dims, keepdim=True)
+    m = torch.where(m.abs() == math.inf, torch.zeros_like(m), m)
+    r = torch.log(torch.sum(torch.exp(x - m), dims, keepdim=True)) + m
+    return r if keepdim else r.squeeze(dims)
 
 
 def _signbit(x):
@@ -814,8 +858,27 @@ FORCED = frozenset({_aten.softshrink.default, _aten.renorm.default, _aten.fmax.d
 
 
 def decompose_only(func, kwargs) -> bool:
-    """The op's direct lowering is known wrong for this call: compile our decomposition only."""
+    """The op's direct lowering is known wrong (or crashes) for this call: compile our decomposition only."""
+    if func is _aten.repeat.default:       # torch-mlir 20261001 divides by a zero size (SIGFPE in the lowering)
+        x, reps = kwargs.get("self"), kwargs.get("repeats") or ()
+        return isinstance(x, torch.Tensor) and (0 in reps or 0 in x.shape)
     return func in FORCED or (func is _aten.gelu.default and kwargs.get("approximate") == "tanh")
+
+
+def _repeat(x, repeats):
+    """x tiled: each dim viewed as (1, s) expanded to (r, s), then merged; an empty result made directly (views
+    of zero-size tensors hit the same division by zero)."""
+    shape = [1] * (len(repeats) - x.dim()) + list(x.shape)
+    if 0 in repeats or 0 in shape:
+        return x.new_zeros([r * s_ for r, s_ in zip(repeats, shape)])
+    x = x.reshape(shape)
+    wide = []
+    for s_ in shape:
+        wide += [1, s_]
+    big = []
+    for r, s_ in zip(repeats, shape):
+        big += [r, s_]
+    return x.reshape(wide).expand(big).reshape([r * s_ for r, s_ in zip(repeats, shape)]).clone()
 
 # Per-channel ops whose spatial dims may be traced as one (x viewed as N x C x H*W, the result viewed back): the
 # kernel's inner loop then runs over H*W contiguous elements instead of W (7, 14, 28), which LLVM vectorizes

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 # Schema argument names that hold positions into another tensor.
-INDEX_ARG_NAMES = frozenset({"index", "indices", "target", "offsets"})
+INDEX_ARG_NAMES = frozenset({"index", "indices", "target", "offsets", "sorter"})
 
 
 def _in_range(idx: torch.Tensor, size: int, negative_ok: bool) -> bool:
@@ -67,6 +67,8 @@ CHECKS: Dict[str, Callable[[dict], bool]] = {
     "multilabel_margin_loss_forward": lambda a: a["target"].numel() == 0 or (
         int(a["target"].min()) >= -1 and int(a["target"].max()) < a["self"].size(-1)),
     "put": lambda a: _in_range(a["index"], a["self"].numel(), negative_ok=True),
+    "searchsorted": lambda a: a.get("sorter") is None or _in_range(a["sorter"], a["sorted_sequence"].size(-1),
+                                                                   negative_ok=False),
     # the indices max pooling returned: positions in each (n, c) plane of the pooled input
     "max_pool2d_with_indices_backward":
         lambda a: _in_range(a["indices"], math.prod(a["self"].shape[-2:]), negative_ok=False),

@@ -272,3 +272,48 @@ def test_hurwitz_zeta(dtype):
     assert row("aten.special_zeta.other_scalar")["mlir_calls"] == 1
     check_op(torch.special.zeta, x, torch.tensor([-40.5], dtype=dtype), **tol)    # longer sum: natively
     assert row("aten.special_zeta.default")["fallback_calls"] == 1
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_searchsorted_is_the_native_binary_search(right):
+    """Our unrolled binary search (importer._searchsorted) gives PyTorch's positions for duplicates, NaN, values
+    outside the range, unsorted rows (the op's undefined case, still native's answer) and a sorter; 1-d and
+    batched sequences, scalar values, int32 results."""
+    torch.manual_seed(0)
+    seq = torch.tensor([-INF, -1.0, 0.0, 0.0, 0.0, 2.5, 7.0, 7.0, INF, NAN])
+    vals = torch.tensor([[-INF, -2.0, -1.0, 0.0, 1.0, 7.0, 8.0, INF, NAN, -0.0]])
+    kw = dict(right=right)
+    check_op(lambda s, v: torch.searchsorted(s, v, **kw), seq, vals, rtol=0, atol=0)
+    check_op(lambda s, v: torch.searchsorted(s, v, **kw), seq.flip(0), vals, rtol=0, atol=0)      # unsorted
+    rows = torch.sort(torch.randn(4, 13), -1).values
+    rows[1] = torch.randn(13)                                                                   # an unsorted row
+    check_op(lambda s, v: torch.searchsorted(s, v, out_int32=True, **kw), rows, torch.randn(4, 6), rtol=0, atol=0)
+    perm = torch.randperm(10)
+    check_op(lambda s, v, p: torch.searchsorted(s, v, sorter=p, **kw), seq[perm.argsort()], vals, perm,
+             rtol=0, atol=0)
+    check_op(lambda s: torch.searchsorted(s, 0.0, **kw), seq, rtol=0, atol=0)
+    assert row("aten.searchsorted.Tensor")["mlir_calls"] == 4
+    assert row("aten.searchsorted.Scalar")["mlir_calls"] == 1
+    with pytest.raises(RuntimeError):          # an out-of-range sorter runs natively, which raises
+        torch.searchsorted(tme.wrap(seq), tme.wrap(vals), sorter=tme.wrap(perm + 5), **kw)
+    assert row("aten.searchsorted.Tensor")["mlir_calls"] == 4
+
+
+def test_logsumexp_edges():
+    x = torch.tensor([[1.0, 2.0, 3.0], [-INF, -INF, -INF], [INF, 1.0, 2.0], [NAN, 1.0, 2.0], [1e30, 1e30, -1e30]])
+    check_op(lambda t: torch.logsumexp(t, 1), x)
+    check_op(lambda t: torch.logsumexp(t, (0, 1), keepdim=True), x)
+    check_op(lambda t: torch.logsumexp(t, 0), torch.tensor(3.5))
+    check_op(lambda t: torch.logsumexp(t, 0, keepdim=True), torch.tensor(-INF))
+    check_op(lambda t: torch.logsumexp(t, 1), torch.arange(12).view(3, 4))
+    assert row("aten.logsumexp.default")["mlir_calls"] == 5
+
+
+def test_repeat_of_empty_tensors_and_zero_repeats():
+    """torch-mlir 20261001's repeat divides by zero lowering an empty result (SIGFPE): those calls compile
+    through ours (importer._repeat); the others keep torch-mlir's lowering."""
+    for shape, reps in (((0,), (2,)), ((2,), (0,)), ((3, 0), (2, 3)), ((3, 2), (0, 2)), ((), (0, 2, 3))):
+        check_op(lambda t: t.repeat(*reps), torch.randn(shape))
+    check_op(lambda t: t.repeat(2, 1, 3), torch.randn(3, 2))
+    r = row("aten.repeat.default")
+    assert r["mlir_calls"] == 6 and r["fallback_calls"] == 0, r

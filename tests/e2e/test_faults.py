@@ -59,12 +59,12 @@ def test_failures_are_negative_cached():
 
 
 def test_real_native_crash_in_lowering_survives():
-    # torch-mlir 20261001 aborts ("LLVM ERROR") lowering a cast to complex (refused before lowering), and its
-    # kernel for repeat of an empty tensor divides by zero: SIGFPE in the worker, a crash fallback.
-    x = torch.randn(0)
-    got = tme.unwrap(tme.wrap(x).repeat(0))
-    assert got.shape == x.repeat(0).shape
-    r = row("aten.repeat.default")
+    # torch-mlir 20261001 aborts ("LLVM ERROR") lowering a cast to complex (refused before lowering), and
+    # divides by zero lowering im2col (unfold) of an empty batch: SIGFPE in the worker, a crash fallback.
+    x = torch.randn(0, 1, 5, 5)
+    got = tme.unwrap(torch.nn.functional.unfold(tme.wrap(x), 2))
+    assert got.shape == torch.nn.functional.unfold(x, 2).shape
+    r = row("aten.im2col.default")
     assert r["fallback_calls"] == 1 and r["reasons"]["crash"] == "worker died: SIGFPE", r
     y = torch.randn(2, 3)
     got = tme.unwrap(tme.wrap(y).to(torch.complex64))

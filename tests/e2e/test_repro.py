@@ -47,9 +47,9 @@ def test_keys_that_compile_leave_no_dump(tmp_path):
 
 
 def test_crash_repro_names_the_stage_it_died_in(tmp_path):
-    # torch-mlir 20261001 divides by zero lowering repeat of an empty tensor: the worker dies with SIGFPE
-    d = _fail(tmp_path, lambda t: t.repeat(0), torch.randn(0))
+    # torch-mlir 20261001 divides by zero lowering im2col (unfold) of an empty batch: the worker dies with SIGFPE
+    d = _fail(tmp_path, lambda t: torch.nn.functional.unfold(t, 2), torch.randn(0, 1, 5, 5))
     text = open(os.path.join(d, "failure.txt")).read()
-    assert "category: crash" in text and "stage: lowering" in text, text
+    assert "category: crash" in text and "stage: decomposed.lowering" in text, text
     r = subprocess.run(["sh", os.path.join(d, "repro.sh")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 128 + 8, (r.returncode, r.stderr[-1000:])      # SIGFPE, as in the worker
