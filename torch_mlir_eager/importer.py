@@ -870,7 +870,7 @@ def _repeat(x, repeats):
     of zero-size tensors hit the same division by zero)."""
     shape = [1] * (len(repeats) - x.dim()) + list(x.shape)
     if 0 in repeats or 0 in shape:
-        return x.new_zeros([r * s_ for r, s_ in zip(repeats, shape)])
+        return x.new_empty([r * s_ for r, s_ in zip(repeats, shape)])
     x = x.reshape(shape)
     wide = []
     for s_ in shape:
