@@ -128,7 +128,8 @@ def decomposition_table() -> dict:
     table.update({_aten.copysign.Tensor: _copysign, _aten.copysign.Scalar: _copysign,
                   _aten.signbit.default: _signbit})
     table.update({_aten.searchsorted.Tensor: _searchsorted, _aten.searchsorted.Scalar: _searchsorted,
-                  _aten.logsumexp.default: _logsumexp, _aten.repeat.default: _repeat})
+                  _aten.logsumexp.default: _logsumexp, _aten.repeat.default: _repeat,
+                  _aten._cdist_forward.default: _cdist, _aten._pdist_forward.default: _pdist})
     table.update({_aten.fmax.default: functools.partial(_fmax_fmin, is_max=True),
                   _aten.fmin.default: functools.partial(_fmax_fmin, is_max=False)})
     table.update({_aten.special_erfcx.default: _erfcx, _aten.special_log_ndtr.default: _log_ndtr,
@@ -430,6 +431,39 @@ def _logsumexp(x, dim, keepdim=False):
     m = torch.where(m.abs() == math.inf, torch.zeros_like(m), m)
     r = torch.log(torch.sum(torch.exp(x - m), dims, keepdim=True)) + m
     return r if keepdim else r.squeeze(dims)
+
+
+def _pairwise(diff, p: float):
+    """The p-norm over the last dim of a difference tensor, as PyTorch's distance kernels define it."""
+    a = diff.abs()
+    if p == 0:
+        return (a != 0).to(diff.dtype).sum(-1)
+    if p == math.inf:
+        return a.amax(-1) if a.shape[-1] else a.sum(-1)
+    if p == 1:
+        return a.sum(-1)
+    if p == 2:
+        return torch.sqrt((diff * diff).sum(-1))
+    return torch.pow(torch.pow(a, p).sum(-1), 1.0 / p)
+
+
+def _cdist(x1, x2, p, compute_mode=None):
+    """PyTorch's two ways: for p = 2 with more than 25 rows on a side (or compute_mode 1), the matrix-product form
+    (|a|^2 - 2ab + |b|^2, clamped at 0); else each difference's p-norm."""
+    rows = max(x1.shape[-2], x2.shape[-2])
+    if p == 2 and (compute_mode == 1 or (compute_mode in (None, 0) and rows > 25)):
+        n1 = (x1 * x1).sum(-1, keepdim=True)
+        n2 = (x2 * x2).sum(-1, keepdim=True)
+        a = torch.cat([-2 * x1, n1, torch.ones_like(n1)], -1)
+        b = torch.cat([x2, torch.ones_like(n2), n2], -1)
+        return torch.matmul(a, b.transpose(-1, -2)).clamp_min(0).sqrt()
+    return _pairwise(x1.unsqueeze(-2) - x2.unsqueeze(-3), p)
+
+
+def _pdist(x, p=2):
+    n = x.shape[0]
+    i, j = torch.triu_indices(n, n, 1)
+    return _pairwise(x[i] - x[j], p)
 
 
 def _signbit(x):

@@ -317,3 +317,23 @@ def test_repeat_of_empty_tensors_and_zero_repeats():
     check_op(lambda t: t.repeat(2, 1, 3), torch.randn(3, 2))
     r = row("aten.repeat.default")
     assert r["mlir_calls"] == 6 and r["fallback_calls"] == 0, r
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0, 2.0, 3.0, INF])
+def test_cdist_and_pdist_both_of_pytorchs_ways(p):
+    """Small inputs: each difference's p-norm; p = 2 with more than 25 rows (or compute_mode use_mm): the matrix
+    product form PyTorch switches to (importer._cdist). Duplicate rows give exact zeros."""
+    torch.manual_seed(1)
+    a, b = torch.randn(2, 7, 5), torch.randn(2, 4, 5)
+    b[0, 1] = a[0, 2]
+    check_op(lambda x, y: torch.cdist(x, y, p), a, b)
+    big_a, big_b = torch.randn(30, 6), torch.randn(40, 6)
+    check_op(lambda x, y: torch.cdist(x, y, p), big_a, big_b)
+    if p == 2:
+        check_op(lambda x, y: torch.cdist(x, y, compute_mode="use_mm_for_euclid_dist"), a, b)
+        check_op(lambda x, y: torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist"), big_a, big_b)
+    check_op(lambda x: torch.nn.functional.pdist(x, p), a[0])
+    n = 4 if p == 2 else 2             # (use_mm calls aten._euclidean_dist itself)
+    assert row("aten._cdist_forward.default")["mlir_calls"] + row("aten._euclidean_dist.default")["mlir_calls"] == n
+    assert row("aten._cdist_forward.default")["fallback_calls"] == 0
+    assert row("aten._pdist_forward.default")["mlir_calls"] == 1
