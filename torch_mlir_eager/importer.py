@@ -398,9 +398,7 @@ def _searchsorted(sorted_sequence, self, *, out_int32=False, right=False, side=N
     upper = bool(right) or side == "right"
     n = seq.shape[-1]
     if not isinstance(self, torch.Tensor):       # searchsorted.Scalar: a value computed from seq (no 0-d constant)
-        first = seq.reshape(-1)[:1].to(torch.float64)
-        self = (torch.where(torch.isfinite(first), first * 0, torch.zeros_like(first)) + float(self)).to(
-            seq.dtype).reshape([])
+        self = _filled_like(seq.reshape(-1)[:1], self).to(seq.dtype).reshape([])
     one_d = seq.dim() == 1
     vals = self.reshape(-1) if one_d else self
     start = torch.zeros(vals.shape, dtype=torch.int64)
@@ -723,8 +721,8 @@ def _zeta64(x, q):
 
 
 def _filled_like(t, value):
-    """A tensor of t's shape holding `value`, computed from t: constant ones (full_like) made torch-mlir 20261001
-    fold zeta's sum into NaN."""
+    """A float64 tensor of t's shape holding `value`, computed from t: constant ones (full_like) made torch-mlir
+    20261001 fold zeta's sum into NaN, and crash (SIGSEGV) folding where()s on them."""
     t = t.to(torch.float64)
     return torch.where(torch.isfinite(t), t * 0, torch.zeros_like(t)) + float(value)
 
@@ -775,10 +773,10 @@ POLY_MAX_DEGREE = 16
 
 def _poly_operands(x, n):
     """(x, n as float, n truncated to int64, the result dtype), scalars made tensors, both in the common dtype."""
-    # A scalar x as n * 0 + x: torch-mlir 20261001 folding our where()s on a constant float64 x crashed (SIGSEGV
-    # in DecomposeComplexOps). n is finite (a call with a non-finite degree runs natively), so n * 0 is +-0.
+    # A scalar x computed from n: torch-mlir 20261001 folding our where()s on a constant float64 x crashed
+    # (SIGSEGV in DecomposeComplexOps).
     if not isinstance(x, torch.Tensor):
-        x = n.to(n.dtype if n.is_floating_point() else torch.get_default_dtype()) * 0 + x
+        x = _filled_like(n, x).to(n.dtype if n.is_floating_point() else torch.get_default_dtype())
     if not isinstance(n, torch.Tensor):
         n = torch.full_like(x, n, dtype=x.dtype if x.is_floating_point() else torch.get_default_dtype())
     dt = torch.result_type(x, n)

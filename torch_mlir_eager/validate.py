@@ -108,56 +108,48 @@ KNOWN_WRONG: Dict[str, Callable[[dict], bool]] = {
 }
 
 
+def _array(v):
+    """A tensor's (or a Python number's) values as a numpy array; half types and integers as float64."""
+    import numpy as np
+    if isinstance(v, torch.Tensor):
+        v = v.detach()
+        return (v if v.dtype in (torch.float32, torch.float64) else v.double()).numpy()
+    return np.asarray(float(v))
+
+
+def _fraction_below(a, limit: float):
+    import numpy as np
+    return (a < limit) & (a != np.floor(a))
+
+
 def _negative_fraction(q) -> bool:
     """q holds a non-integer below importer.ZETA_MIN_Q (zeta's sum over it is longer than our kernels unroll)."""
-    import numpy as np
     from .importer import ZETA_MIN_Q
-    if isinstance(q, torch.Tensor):
-        if not q.numel() or not q.is_floating_point():
-            return False
-        a = q.detach().double().numpy() if q.dtype in (torch.float16, torch.bfloat16) else q.detach().numpy()
-        return bool(np.any((a < ZETA_MIN_Q) & (a != np.floor(a))))
-    return isinstance(q, float) and q < ZETA_MIN_Q and q != math.floor(q)
+    return bool(_fraction_below(_array(q), ZETA_MIN_Q).any())
 
 
 def _zeta_long_sum(x, q) -> bool:
     """Some zeta(x, q) element reaches the sum with a non-integer q below importer.ZETA_MIN_Q: x an integer above 1
     (every other x gives NaN or inf before the sum)."""
     import numpy as np
-    if not _negative_fraction(q):
-        return False
-
-    def arr(v):
-        if isinstance(v, torch.Tensor):
-            return v.detach().double().numpy()
-        return np.asarray(float(v))
     from .importer import ZETA_MIN_Q
-    xa, qa = np.broadcast_arrays(arr(x), arr(q))
-    return bool(np.any((qa < ZETA_MIN_Q) & (qa != np.floor(qa)) & (xa > 1) & (xa == np.floor(xa))))
+    xa, qa = np.broadcast_arrays(_array(x), _array(q))
+    return bool((_fraction_below(qa, ZETA_MIN_Q) & (xa > 1) & (xa == np.floor(xa))).any())
 
 
 def _degree_beyond(n) -> bool:
     """A degree that truncates past importer.POLY_MAX_DEGREE (or below minus it), or is not finite."""
-    import numpy as np
     from .importer import POLY_MAX_DEGREE
-    if isinstance(n, torch.Tensor):
-        if not n.numel():
-            return False
-        a = n.detach().double().numpy() if n.dtype in (torch.float16, torch.bfloat16) else n.detach().numpy()
-        return not bool(np.abs(a).max() < POLY_MAX_DEGREE + 1)
-    return not (isinstance(n, (int, float)) and abs(n) < POLY_MAX_DEGREE + 1)
+    a = _array(n)
+    return a.size > 0 and not bool(abs(a).max() < POLY_MAX_DEGREE + 1)
 
 
 def _beyond(x, f32_limit: float, f64_limit: float) -> bool:
     """x holds a value (or NaN) outside [-limit, limit]; the limit by dtype (float64 or narrower)."""
-    import numpy as np
     if not isinstance(x, torch.Tensor) or not x.numel():
         return False
-    if not x.is_floating_point():
-        x = x.double()
-    limit = f64_limit if x.dtype == torch.float64 else f32_limit
-    a = x.detach().float().numpy() if x.dtype in (torch.float16, torch.bfloat16) else x.detach().numpy()
-    return not bool(np.abs(a).max() <= limit)
+    limit = f64_limit if x.dtype == torch.float64 or not x.is_floating_point() else f32_limit
+    return not bool(abs(_array(x)).max() <= limit)
 
 
 def _is_index_tensor(v) -> bool:
