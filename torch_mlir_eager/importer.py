@@ -521,7 +521,7 @@ _SERIES_TERMS, _ASYM_TERMS = 60, 20
 
 def _bessel_series(t, nu: int):
     """sum_k t^k / (k! (k+nu)!) for nu = 0, 1 (t = x^2/4)."""
-    term = torch.ones_like(t) / (1.0 if nu == 0 else 1.0)
+    term = torch.ones_like(t)
     total = term
     for k in range(1, _SERIES_TERMS):
         term = term * t / float(k * (k + nu))
