@@ -374,9 +374,7 @@ def _copysign(x, other):
     """|x| with the sign bit of other (a NaN's and -0's included): libm's copysign, in the promoted float dtype."""
     if not isinstance(other, torch.Tensor):
         other = torch.full_like(x, other, dtype=torch.result_type(x, other))
-    dt = torch.result_type(x, other)
-    if not dt.is_floating_point:
-        dt = torch.get_default_dtype()
+    dt = _float_result(x, other)
     return _libm("copysign", x.to(dt), other.to(dt))
 
 
@@ -421,7 +419,7 @@ def _logsumexp(x, dim, keepdim=False):
     """log(sum(exp(x - m))) + m with m the maximum (0 where infinite), as PyTorch; a 0-d x reduced as shape [1]
     (torch-mlir 20261001 fails on it: torch.constant.bool)."""
     if not x.is_floating_point():
-        x = x.to(torch.get_default_dtype())
+        x = x.to(_float_result(x))
     if x.dim() == 0:
         return _logsumexp(x.reshape(1), [0], True).reshape([])
     dims = [d % x.dim() for d in ([dim] if isinstance(dim, int) else (dim or range(x.dim())))]
@@ -471,8 +469,10 @@ def _signbit(x):
     return _libm("copysign", torch.ones_like(x), x) < 0
 
 
-def _float_result(x):
-    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+def _float_result(x, other=None):
+    """The dtype of an elementwise op's result on x (and other, promoted), made floating (the default dtype)."""
+    dt = x.dtype if other is None else torch.result_type(x, other)
+    return dt if dt.is_floating_point else torch.get_default_dtype()
 
 
 def _erfcx64(d):
@@ -728,13 +728,11 @@ def _filled_like(t, value):
 
 
 def _zeta(x, q):
-    dt = torch.result_type(x, q)
+    dt = _float_result(x, q)
     if not isinstance(x, torch.Tensor):
         x = _filled_like(q, x)
     if not isinstance(q, torch.Tensor):
         q = _filled_like(x, q)
-    if not dt.is_floating_point:
-        dt = torch.get_default_dtype()
     return _zeta64(x.to(torch.float64), q.to(torch.float64)).to(dt)
 
 
@@ -776,12 +774,10 @@ def _poly_operands(x, n):
     # A scalar x computed from n: torch-mlir 20261001 folding our where()s on a constant float64 x crashed
     # (SIGSEGV in DecomposeComplexOps).
     if not isinstance(x, torch.Tensor):
-        x = _filled_like(n, x).to(n.dtype if n.is_floating_point() else torch.get_default_dtype())
+        x = _filled_like(n, x).to(_float_result(n))
     if not isinstance(n, torch.Tensor):
-        n = torch.full_like(x, n, dtype=x.dtype if x.is_floating_point() else torch.get_default_dtype())
-    dt = torch.result_type(x, n)
-    if not dt.is_floating_point:
-        dt = torch.get_default_dtype()
+        n = torch.full_like(x, n, dtype=_float_result(x))
+    dt = _float_result(x, n)
     x, n = x.to(dt), n.to(dt)
     ni = n.to(torch.int64)
     return x, ni, ni.to(dt), dt
