@@ -27,11 +27,14 @@ class OpEntry:
         self.plan = p
         self.fname = str(p.functional) if p.functional is not None else p.name
         self.check = validate.checker(p.functional) if p.functional is not None else None
+        # A pointwise in-place op reads and writes each element at the same index: its kernel may write straight
+        # into a contiguous destination (no temporary, no copy back).
+        self.write_in_place = p.inplace and torch.Tag.pointwise in func.tags
         # Values a kernel gets wrong (NaN where the lowering mishandles it, an integer zero divisor): checked in
         # the inputs before the kernel runs (`guard`), or, where the results show them, after (`result_guard`;
-        # not for results written into a destination, which may be an input native then needs).
-        self.result_guard = validate.result_guard(p.functional) if p.functional is not None and not (
-            p.inplace or p.out_names) else None
+        # not for results written straight into a destination, which may be an input native then needs).
+        self.result_guard = validate.result_guard(p.functional) if p.functional is not None and not \
+            self.write_in_place else None
         self.guard = validate.value_guard(p.functional, self.result_guard is not None) \
             if p.functional is not None else None
         self.returns_list = len(r) == 1 and str(r[0].type).startswith(("Tensor[]", "List[Tensor]"))
@@ -41,9 +44,6 @@ class OpEntry:
         # storages PyTorch's aliasing fix-up shares, done directly (return_and_correct_aliasing's general path
         # costs ~1 us more a call; BERT's layer makes 35 view calls).
         self.view_pairs = _view_pairs(func) if self.aliasing else None
-        # A pointwise in-place op reads and writes each element at the same index: its kernel may write straight
-        # into a contiguous destination (no temporary, no copy back).
-        self.write_in_place = p.inplace and torch.Tag.pointwise in func.tags
         # An input may be the destination's very view for in-place and pointwise ops; an out= of any other op
         # leaves every sharing to PyTorch (cat raises for some)
         self.reads_own_view = bool(p.inplace) or torch.Tag.pointwise in func.tags

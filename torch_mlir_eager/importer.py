@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from . import matrix
 from .errors import CompileFailure
 from .spec import map_tensors
 
@@ -31,11 +32,16 @@ def _fake_call(func, args, kwargs, tensors):
 
 def computed(outs) -> list:
     """Per result, whether the kernel computes it: zero-size results hold no data and are allocated by the caller,
-    unless every result is zero-size (an op on an empty batch): then the kernel returns them all, and the call
-    still runs through MLIR (lowering at zero sizes can fail: repeat of an empty tensor divides by zero). None
-    results (a gradient not asked for) are never computed and are returned as None."""
+    unless every result is zero-size (an op on an empty batch): then the kernel returns the first one, and the call
+    still runs through MLIR (lowering at zero sizes can fail: repeat of an empty tensor divides by zero). Only the
+    first: empty results of one shape become one value in MLIR, returned twice, and bufferization crashes on that
+    (linalg.lu of a 0x3x5 batch: SIGSEGV). None results (a gradient not asked for) are never computed and are
+    returned as None."""
     some = any(o is not None and o.numel() > 0 for o in outs)
-    return [o is not None and (o.numel() > 0 or not some) for o in outs]
+    if some:
+        return [o is not None and o.numel() > 0 for o in outs]
+    first = next((i for i, o in enumerate(outs) if o is not None), None)
+    return [i == first for i in range(len(outs))]
 
 
 def _results(out) -> list:
@@ -134,6 +140,7 @@ def decomposition_table() -> dict:
                   _aten.fmin.default: functools.partial(_fmax_fmin, is_max=False)})
     table.update({_aten.special_erfcx.default: _erfcx, _aten.special_log_ndtr.default: _log_ndtr,
                   _aten.special_spherical_bessel_j0.default: _spherical_bessel_j0})
+    table.update(matrix.table())
     table.update(_polynomial_table())
     table.update(_bessel_table())
     table.update({_aten.digamma.default: _digamma, _aten.special_psi.default: _digamma,

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 # Schema argument names that hold positions into another tensor.
-INDEX_ARG_NAMES = frozenset({"index", "indices", "target", "offsets", "sorter"})
+INDEX_ARG_NAMES = frozenset({"index", "indices", "target", "offsets", "sorter", "pivots", "LU_pivots"})
 
 
 def _in_range(idx: torch.Tensor, size: int, negative_ok: bool) -> bool:
@@ -69,6 +69,10 @@ CHECKS: Dict[str, Callable[[dict], bool]] = {
     "put": lambda a: _in_range(a["index"], a["self"].numel(), negative_ok=True),
     "searchsorted": lambda a: a.get("sorter") is None or _in_range(a["sorter"], a["sorted_sequence"].size(-1),
                                                                    negative_ok=False),
+    # LAPACK's row interchanges (1-based): each a row of the factored matrix
+    "lu_unpack": lambda a: _in_range(a["LU_pivots"] - 1, a["LU_data"].size(-2), negative_ok=False),
+    "linalg_lu_solve": lambda a: _in_range(a["pivots"] - 1, a["LU"].size(-1), negative_ok=False),
+    "lu_solve": lambda a: _in_range(a["LU_pivots"] - 1, a["LU_data"].size(-1), negative_ok=False),
     # the indices max pooling returned: positions in each (n, c) plane of the pooled input
     "max_pool2d_with_indices_backward":
         lambda a: _in_range(a["indices"], math.prod(a["self"].shape[-2:]), negative_ok=False),
@@ -217,6 +221,12 @@ NONFINITE_UNSAFE: Dict[str, Optional[Callable[[dict], bool]]] = {
         "aten.upsample_bilinear2d.default", "aten.upsample_trilinear3d.default", "aten.gelu.default",
         "aten.bucketize.Tensor", "aten.grid_sampler_2d.default", "aten.grid_sampler_3d.default",
         "aten.logaddexp.default", "aten.logaddexp2.default", "aten._trilinear.default")},
+    # matrix factorizations and solves (our own, see matrix.py): NaN and infinities decide pivots and 0 * inf
+    # terms in LAPACK's own ways
+    **{f"aten.{name}.default": None for name in (
+        "linalg_lu_factor_ex", "linalg_lu", "lu_unpack", "linalg_lu_solve", "lu_solve", "_linalg_solve_ex",
+        "linalg_inv_ex", "linalg_solve_triangular", "triangular_solve", "linalg_cholesky_ex", "cholesky_solve",
+        "cholesky_inverse", "_linalg_det", "_linalg_slogdet")},
     "aten.convolution.default": lambda a: bool(a.get("transposed")),
     "aten.native_batch_norm.default": lambda a: bool(a.get("training")),
 }
@@ -243,14 +253,33 @@ RESULT_CHECKED: Dict[str, tuple] = {
 }
 
 
+# Factorizations (matrix.py) whose `info` result (op -> its index) says LAPACK stopped early (a matrix that is not
+# positive definite), divided by a zero pivot (a singular one), or that the kernel's pivoting is not certain to be
+# LAPACK's (-1, our own flag): what LAPACK leaves then is not reproduced, or rounding may have decided otherwise.
+INFO_CHECKED: Dict[str, int] = {"aten.linalg_cholesky_ex.default": 1, "aten.linalg_inv_ex.default": 1,
+                                "aten._linalg_solve_ex.default": 3, "aten.linalg_lu_factor_ex.default": 2}
+INFO_REASON = "singular, not positive definite, or pivots within rounding of a tie (info != 0): run natively"
+# Factorizations without an `info` result: the kernel plants a NaN in this result (op -> its index) instead, where
+# it is otherwise finite (finite inputs; a determinant that overflows also runs natively).
+FLAGGED: Dict[str, int] = {"aten.linalg_lu.default": 0, "aten._linalg_det.default": 0,
+                           "aten._linalg_slogdet.default": 1}
+
+
 def result_guard(func) -> Optional[Callable]:
     """None, or check(outs) -> the reason this call's kernel results must be replaced by native's (or None)."""
-    which = RESULT_CHECKED.get(str(func))
-    if which is None:
+    name = str(func)
+    which, info, flagged = RESULT_CHECKED.get(name), INFO_CHECKED.get(name), FLAGGED.get(name)
+    if which is None and info is None and flagged is None:
         return None
 
     def check(outs) -> Optional[str]:
-        return NONFINITE_REASON if has_nonfinite([outs[i] for i in which]) else None
+        if which is not None and has_nonfinite([outs[i] for i in which]):
+            return NONFINITE_REASON
+        if info is not None and outs[info].numel() and outs[info].numpy().any():
+            return INFO_REASON
+        if flagged is not None and has_nonfinite([outs[flagged]]):
+            return INFO_REASON
+        return None
     return check
 
 
@@ -258,7 +287,7 @@ def value_guard(func, results_checked: bool = False) -> Optional[Callable]:
     """None, or check(args, kwargs, tensors) -> the reason this call's values must run natively (or None).
     `results_checked`: the call's results go through result_guard instead of the non-finite input check."""
     name = str(func)
-    nonfinite = name in NONFINITE_UNSAFE and not results_checked
+    nonfinite = name in NONFINITE_UNSAFE and not (results_checked and name in RESULT_CHECKED)
     when = NONFINITE_UNSAFE.get(name)
     divisor = INT_DIVISORS.get(name)
     if not nonfinite and divisor is None:

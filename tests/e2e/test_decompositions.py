@@ -337,3 +337,129 @@ def test_cdist_and_pdist_both_of_pytorchs_ways(p):
     assert row("aten._cdist_forward.default")["mlir_calls"] + row("aten._euclidean_dist.default")["mlir_calls"] == n
     assert row("aten._cdist_forward.default")["fallback_calls"] == 0
     assert row("aten._pdist_forward.default")["mlir_calls"] == 1
+
+
+# ---- dense linear algebra (matrix.py): LAPACK's algorithms unrolled ----
+
+def _spd(*shape, dtype=torch.float64):
+    x = torch.randn(*shape, dtype=dtype)
+    return x @ x.mT + shape[-1] * torch.eye(shape[-1], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lu_factor_pivots_ties_singular_and_rectangular(dtype):
+    torch.manual_seed(0)
+    tight = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    lu_ex = torch.linalg.lu_factor_ex
+    check_op(lu_ex, torch.randn(2, 3, 6, 6, dtype=dtype), **tight)
+    check_op(lu_ex, torch.randn(4, 7, dtype=dtype), **tight)           # wide
+    check_op(lu_ex, torch.randn(7, 4, dtype=dtype), **tight)           # tall
+    check_op(torch.linalg.lu, torch.randn(3, 5, 4, dtype=dtype), **tight)
+    check_op(lambda a: torch.lu_unpack(*torch.linalg.lu_factor(a)), torch.randn(2, 6, 4, dtype=dtype), **tight)
+    for op in ("aten.linalg_lu_factor_ex.default", "aten.linalg_lu.default", "aten.lu_unpack.default"):
+        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pivots_rounding_may_decide_run_natively(dtype):
+    """A tie between pivot candidates (rows 1 and 2 of column 0), a column that cancels to rounding noise (column 1
+    of a singular matrix: which noise is larger depends on the order of operations), a zero pivot: each call's
+    kernel flags itself and native's factorization is returned."""
+    ties = torch.tensor([[1.0, 2.0, 3.0], [-4.0, 2.0, 1.0], [4.0, 4.0, 5.0]], dtype=dtype)
+    noise = torch.tensor([[2.0, 4.0, 1.0], [1.0, 2.0, 3.0], [3.0, 6.0, 0.5]], dtype=dtype)
+    for a in (ties, noise, torch.zeros(3, 3, dtype=dtype)):
+        check_op(torch.linalg.lu_factor_ex, a, rtol=0, atol=0)
+        check_op(torch.linalg.lu, a, rtol=0, atol=0)
+    check_op(torch.linalg.det, noise, rtol=0, atol=0)
+    # det(A) factors A^T: its second column cancels to noise
+    check_op(torch.linalg.det, torch.tensor([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [1.0, 0.0, 1.0]], dtype=dtype),
+             rtol=0, atol=0)
+    assert row("aten.linalg_lu_factor_ex.default")["fallback_calls"] == 3    # the zero matrix: info 1
+    assert row("aten.linalg_lu.default")["fallback_calls"] == 2      # the zero matrix: no choice, nothing flagged
+    assert row("aten.linalg_lu.default")["mlir_calls"] == 1
+    assert row("aten._linalg_det.default")["fallback_calls"] == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_solves_inverse_and_determinants(dtype):
+    torch.manual_seed(1)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    a = torch.randn(3, 5, 5, dtype=dtype) + 3 * torch.eye(5, dtype=dtype)
+    b = torch.randn(3, 5, 2, dtype=dtype)
+    check_op(torch.linalg.solve, a, b, **tol)
+    check_op(lambda a, b: torch.linalg.solve(a, b, left=False), a, b.mT, **tol)
+    check_op(torch.linalg.solve, a[0], b[0, :, 0], **tol)              # a vector right-hand side
+    check_op(torch.linalg.solve_ex, a, b, **tol)                       # with A's LU and pivots
+    check_op(torch.linalg.inv, a, **tol)
+    check_op(torch.linalg.det, a, **tol)
+    check_op(torch.linalg.slogdet, a, **tol)
+    check_op(torch.logdet, a @ a.mT, **tol)
+    lu, piv = torch.linalg.lu_factor(a)
+    for left in (True, False):
+        for adjoint in (True, False):
+            check_op(lambda lu, piv, b: torch.linalg.lu_solve(lu, piv, b, left=left, adjoint=adjoint),
+                     lu, piv, b if left else b.mT, **tol)
+    check_op(torch.linalg.det, torch.randn(0, 0, dtype=dtype))         # det of an empty matrix: 1
+    for op in ("aten._linalg_solve_ex.default", "aten.linalg_inv_ex.default", "aten._linalg_det.default",
+               "aten._linalg_slogdet.default", "aten.linalg_lu_solve.default"):
+        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+
+
+def test_singular_solves_run_natively():
+    """A zero pivot: LAPACK divides by it and PyTorch raises (inv, solve) or returns info; the kernel's results are
+    then replaced by native's."""
+    singular = torch.tensor([[1.0, 2.0], [2.0, 4.0]])
+    check_op(torch.linalg.inv_ex, singular)
+    check_op(lambda a, b: torch.linalg.solve_ex(a, b), singular, torch.ones(2, 1))
+    with pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.inv(tme.wrap(singular))
+    assert row("aten.linalg_inv_ex.default")["fallback_calls"] == 2
+    assert row("aten._linalg_solve_ex.default")["fallback_calls"] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triangular_and_cholesky(dtype):
+    torch.manual_seed(2)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    t = torch.randn(2, 4, 4, dtype=dtype) + 4 * torch.eye(4, dtype=dtype)     # both triangles used, one read
+    b = torch.randn(2, 4, 3, dtype=dtype)
+    for upper in (True, False):
+        for unit in (True, False):
+            check_op(lambda t, b: torch.linalg.solve_triangular(t, b, upper=upper, unitriangular=unit), t, b, **tol)
+            check_op(lambda t, b: torch.linalg.solve_triangular(t, b, upper=upper, left=False, unitriangular=unit),
+                     t, b.mT, **tol)
+            check_op(lambda b, t: torch.triangular_solve(b, t, upper=upper, transpose=True, unitriangular=unit),
+                     b, t[0], **tol)                                    # batch dims broadcast
+    a = _spd(3, 5, 5, dtype=dtype)
+    a = a + 1e-3 * torch.randn_like(a)       # not exactly symmetric: each factor reads its own triangle
+    for upper in (True, False):
+        check_op(lambda a: torch.linalg.cholesky(a, upper=upper), a, **tol)
+        f = torch.linalg.cholesky(a, upper=upper)
+        check_op(lambda b, f: torch.cholesky_solve(b, f, upper=upper), torch.randn(3, 5, 2, dtype=dtype), f, **tol)
+        check_op(lambda f: torch.cholesky_inverse(f, upper=upper), f[0], **tol)
+    for op in ("aten.linalg_solve_triangular.default", "aten.triangular_solve.default",
+               "aten.linalg_cholesky_ex.default", "aten.cholesky_solve.default", "aten.cholesky_inverse.default"):
+        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+
+
+def test_not_positive_definite_nan_and_bad_pivots_run_natively():
+    not_pd = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+    check_op(torch.linalg.cholesky_ex, not_pd)                          # LAPACK stops at column 2 (info 2)
+    assert row("aten.linalg_cholesky_ex.default")["fallback_calls"] == 1
+    check_op(torch.linalg.lu_factor_ex, torch.tensor([[1.0, float("nan")], [2.0, 3.0]]))
+    assert row("aten.linalg_lu_factor_ex.default")["fallback_calls"] == 1
+    lu = torch.randn(3, 3)
+    bad = torch.tensor([1, 7, 3], dtype=torch.int32)                    # a row that does not exist
+    with pytest.raises(Exception):
+        torch.lu_unpack(lu, bad)
+    with pytest.raises(Exception):
+        torch.lu_unpack(tme.wrap(lu), tme.wrap(bad))
+    assert row("aten.lu_unpack.default")["mlir_calls"] == 0
+
+
+def test_larger_matrices_than_unrolled_run_natively():
+    from torch_mlir_eager import matrix
+    n = matrix.MAX_ORDER + 1
+    a = torch.randn(n, n, dtype=torch.float64) + n * torch.eye(n, dtype=torch.float64)
+    check_op(torch.linalg.det, a, rtol=1e-10, atol=1e-10)
+    assert row("aten._linalg_det.default")["fallback_calls"] == 1
