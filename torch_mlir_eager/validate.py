@@ -226,7 +226,8 @@ NONFINITE_UNSAFE: Dict[str, Optional[Callable[[dict], bool]]] = {
     **{f"aten.{name}.default": None for name in (
         "linalg_lu_factor_ex", "linalg_lu", "lu_unpack", "linalg_lu_solve", "lu_solve", "_linalg_solve_ex",
         "linalg_inv_ex", "linalg_solve_triangular", "triangular_solve", "linalg_cholesky_ex", "cholesky_solve",
-        "cholesky_inverse", "_linalg_det", "_linalg_slogdet")},
+        "cholesky_inverse", "_linalg_det", "_linalg_slogdet", "geqrf", "linalg_householder_product", "ormqr",
+        "linalg_qr")},
     "aten.convolution.default": lambda a: bool(a.get("transposed")),
     "aten.native_batch_norm.default": lambda a: bool(a.get("training")),
 }
@@ -258,11 +259,11 @@ RESULT_CHECKED: Dict[str, tuple] = {
 # LAPACK's (-1, our own flag): what LAPACK leaves then is not reproduced, or rounding may have decided otherwise.
 INFO_CHECKED: Dict[str, int] = {"aten.linalg_cholesky_ex.default": 1, "aten.linalg_inv_ex.default": 1,
                                 "aten._linalg_solve_ex.default": 3, "aten.linalg_lu_factor_ex.default": 2}
-INFO_REASON = "singular, not positive definite, or pivots within rounding of a tie (info != 0): run natively"
+INFO_REASON = "singular, not positive definite, or a pivot or reflection rounding may decide: run natively"
 # Factorizations without an `info` result: the kernel plants a NaN in this result (op -> its index) instead, where
 # it is otherwise finite (finite inputs; a determinant that overflows also runs natively).
 FLAGGED: Dict[str, int] = {"aten.linalg_lu.default": 0, "aten._linalg_det.default": 0,
-                           "aten._linalg_slogdet.default": 1}
+                           "aten._linalg_slogdet.default": 1, "aten.geqrf.default": 1, "aten.linalg_qr.default": 1}
 
 
 def result_guard(func) -> Optional[Callable]:

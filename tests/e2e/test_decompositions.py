@@ -463,3 +463,33 @@ def test_larger_matrices_than_unrolled_run_natively():
     a = torch.randn(n, n, dtype=torch.float64) + n * torch.eye(n, dtype=torch.float64)
     check_op(torch.linalg.det, a, rtol=1e-10, atol=1e-10)
     assert row("aten._linalg_det.default")["fallback_calls"] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_householder_qr_family(dtype):
+    torch.manual_seed(3)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for shape in ((2, 6, 4), (4, 6), (5, 5)):
+        a = torch.randn(*shape, dtype=dtype)
+        check_op(torch.geqrf, a, **tol)
+        for mode in ("reduced", "complete", "r"):
+            check_op(lambda a: torch.linalg.qr(a, mode=mode), a, **tol)
+    refl, tau = torch.geqrf(torch.randn(6, 4, dtype=dtype))
+    check_op(torch.linalg.householder_product, refl, tau, **tol)
+    for left in (True, False):
+        for transpose in (True, False):
+            c = torch.randn(6, 3, dtype=dtype) if left else torch.randn(3, 6, dtype=dtype)
+            check_op(lambda r, t, c: torch.ormqr(r, t, c, left=left, transpose=transpose), refl, tau, c, **tol)
+    for op in ("aten.geqrf.default", "aten.linalg_qr.default", "aten.linalg_householder_product.default",
+               "aten.ormqr.default"):
+        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+
+
+def test_reflections_rounding_may_flip_run_natively():
+    """An upper triangular column has nothing below its diagonal: LAPACK's reflection is the identity, or, if
+    rounding left anything there, a sign flip of the whole row; a zero diagonal leaves the reflection's sign to
+    rounding. Both run natively."""
+    check_op(torch.linalg.qr, torch.triu(torch.randn(4, 4)) + 4 * torch.eye(4), rtol=0, atol=0)
+    check_op(torch.geqrf, torch.tensor([[0.0, 1.0], [3.0, 2.0], [4.0, 3.0]]), rtol=0, atol=0)
+    assert row("aten.linalg_qr.default")["fallback_calls"] == 1
+    assert row("aten.geqrf.default")["fallback_calls"] == 1
