@@ -138,6 +138,8 @@ def decomposition_table() -> dict:
                   _aten._cdist_forward.default: _cdist, _aten._pdist_forward.default: _pdist})
     table.update({_aten.fmax.default: functools.partial(_fmax_fmin, is_max=True),
                   _aten.fmin.default: functools.partial(_fmax_fmin, is_max=False)})
+    table.update({_aten.erfinv.default: _erfinv, _aten.special_erfinv.default: _erfinv,
+                  _aten.special_ndtri.default: _ndtri, _aten.frexp.Tensor: _frexp})
     table.update({_aten.special_erfcx.default: _erfcx, _aten.special_log_ndtr.default: _log_ndtr,
                   _aten.special_spherical_bessel_j0.default: _spherical_bessel_j0})
     table.update(matrix.table())
@@ -506,6 +508,77 @@ def _log_ndtr(x):
     low = torch.log(_erfcx64(-t) / 2) - d * d / 2
     high = torch.log1p(-_libm("erfc", t) / 2)
     return torch.where(d < -1, low, high).to(_float_result(x))
+
+
+def _inverse_erf64(y):
+    """x >= 0 with erf(x) = y, for y in [0, 0.5] (float64): Newton's method from the series' first two terms
+    (1% off at 0.5), five steps."""
+    x = y * (math.sqrt(math.pi) / 2) * (1 + (math.pi / 12) * y * y)
+    for _ in range(5):
+        x = x - (_libm("erf", x) - y) * (math.sqrt(math.pi) / 2) * torch.exp(x * x)
+    return x
+
+
+def _inverse_erfc64(z):
+    """x >= 0.47 with erfc(x) = z, for z in (0, 0.5] (float64): Newton's method on log erfc = log erfcx - x^2 (no
+    cancellation in the tail, and no subnormal erfc to lose digits in: z down to 5e-324) from Abramowitz and
+    Stegun's 26.2.23 (4.5e-4 off), four steps."""
+    t = torch.sqrt(-2 * torch.log(z / 2))
+    x = (t - (2.515517 + t * (0.802853 + t * 0.010328)) / (1 + t * (1.432788 + t * (0.189269 + t * 0.001308)))) \
+        * math.sqrt(0.5)
+    log_z = torch.log(z)
+    for _ in range(4):
+        ex = _erfcx64(x)
+        x = x + (torch.log(ex) - x * x - log_z) * (math.sqrt(math.pi) / 2) * ex
+    return x
+
+
+def _erfinv(y):
+    """Inverse erf: erf solved for |y| <= 0.5, erfc for 1 - |y| (exact) beyond; +-inf at +-1, NaN outside."""
+    d = y.to(torch.float64)
+    a = d.abs()
+    small = a <= 0.5
+    x_small = _inverse_erf64(torch.where(small, a, 0.25))
+    z = 1 - a
+    x_big = _inverse_erfc64(torch.where((z > 0) & (z < 0.5), z, 0.25))
+    x = torch.where(small, x_small, torch.where(a == 1, math.inf, x_big))
+    x = torch.where((a > 1) | torch.isnan(a), math.nan, x)
+    return torch.where(_signbit(d), -x, x).to(_float_result(y))
+
+
+def _ndtri(p):
+    """Inverse of the standard normal CDF, -sqrt(2) erfc^-1(2p): erfc solved for 2p below 0.5 (and for 2(1 - p),
+    exact, above 1.5), erf for 1 - 2p (exact) between; -inf at 0, +inf at 1, NaN outside."""
+    d = p.to(torch.float64)
+    mid = (d >= 0.25) & (d <= 0.75)
+    y = 1 - 2 * d
+    v = math.sqrt(2) * _inverse_erf64(torch.where(mid, y.abs(), 0.25))
+    x_mid = torch.where(y > 0, -v, v)
+    tail = torch.where(d < 0.5, d, 1 - d)
+    u = math.sqrt(2) * _inverse_erfc64(torch.where((tail > 0) & (tail < 0.25), 2 * tail, 0.25))
+    x = torch.where(mid, x_mid, torch.where(d < 0.5, -u, u))
+    x = torch.where(d == 0, -math.inf, torch.where(d == 1, math.inf, x))
+    return torch.where((d < 0) | (d > 1) | torch.isnan(d), math.nan, x).to(_float_result(p))
+
+
+def _frexp(x):
+    """(mantissa in [0.5, 1) with x's sign, int32 exponent) with x = mantissa * 2^exponent; x itself and 0 for
+    zeros, infinities and NaN. Scaled by exact powers of two in float64 (a float64 input's subnormals need 2^1074:
+    the first step is taken twice), no logarithm to round."""
+    d = x.to(torch.float64)
+    regular = torch.isfinite(d) & (d != 0)
+    a = torch.where(regular, d.abs(), 1.0)
+    e = torch.zeros(d.shape, dtype=torch.int32)
+    for b in (512, 256, 128, 64, 32, 16, 8, 4, 2, 1):       # a >= 2^b: down to [0, 2)
+        big = a >= 2.0 ** b
+        a, e = torch.where(big, a * 2.0 ** -b, a), torch.where(big, e + b, e)
+    for b in (512, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1):  # a < 2^-b: up to [0.5, 2)
+        small = a < 2.0 ** -b
+        a, e = torch.where(small, a * 2.0 ** b, a), torch.where(small, e - b, e)
+    one = a >= 1
+    a, e = torch.where(one, a * 0.5, a), torch.where(one, e + 1, e)
+    mantissa = torch.where(regular, torch.where(d < 0, -a, a), d)
+    return mantissa.to(x.dtype), torch.where(regular, e, torch.zeros_like(e))
 
 
 def _spherical_bessel_j0(x):

@@ -1,5 +1,7 @@
 """Ops torch-mlir has no Torch-dialect op for, compiled through our own decompositions (importer._OWN), against
 native PyTorch on the values where a formula would go wrong: NaN, infinities, signed zeros, ties, overflow."""
+import math
+
 import pytest
 import torch
 
@@ -493,3 +495,35 @@ def test_reflections_rounding_may_flip_run_natively():
     check_op(torch.geqrf, torch.tensor([[0.0, 1.0], [3.0, 2.0], [4.0, 3.0]]), rtol=0, atol=0)
     assert row("aten.linalg_qr.default")["fallback_calls"] == 1
     assert row("aten.geqrf.default")["fallback_calls"] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["erfinv", "ndtri"])
+def test_inverse_error_functions_over_their_whole_domain(name, dtype):
+    """From subnormals to 1 - eps, both signs, the exact branch points, and outside the domain."""
+    f = torch.erfinv if name == "erfinv" else torch.special.ndtri
+    fi = torch.finfo(dtype)
+    low = -307 if dtype == torch.float64 else -37
+    e = torch.logspace(low, 0, 400, dtype=torch.float64).to(dtype)
+    near_one = (1 - torch.logspace(math.log10(fi.eps), -0.3, 200, dtype=torch.float64)).to(dtype)
+    edges = torch.tensor([0.0, -0.0, 0.25, 0.5, 0.75, 1.0, -1.0, 1.5, -2.0, NAN, INF, fi.tiny, fi.tiny / 8],
+                         dtype=dtype)
+    x = torch.cat([e, -e, near_one, -near_one, edges, torch.rand(500, dtype=dtype)])
+    rtol, atol = (2e-6, 1e-6) if dtype == torch.float32 else (1e-12, 1e-14)
+    got = check_op(f, x, rtol=rtol, atol=atol)
+    want = f(x)
+    assert torch.equal(torch.signbit(tme.unwrap(got))[want == 0], torch.signbit(want)[want == 0])
+    assert row(f"aten.{'erfinv' if name == 'erfinv' else 'special_ndtri'}.default")["mlir_calls"] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_frexp_is_exact(dtype):
+    fi = torch.finfo(dtype)
+    x = torch.cat([torch.randn(500, dtype=torch.float64) * torch.logspace(-40, 40, 500, dtype=torch.float64),
+                   torch.tensor([0.0, -0.0, 1.0, 0.5, -1.0, 3.0, INF, -INF, NAN, fi.tiny, fi.max, -fi.max,
+                                 fi.tiny / 2 ** 5, 1 - fi.eps / 2], dtype=torch.float64)]).to(dtype)
+    if dtype == torch.float64:
+        x = torch.cat([x, torch.tensor([5e-324, 1e-310, 1.7976931348623157e308])])
+    got = tme.unwrap(check_op(torch.frexp, x, rtol=0, atol=0))
+    assert torch.equal(torch.signbit(got[0]), torch.signbit(torch.frexp(x)[0]))
+    assert row("aten.frexp.Tensor")["mlir_calls"] == 1
