@@ -140,6 +140,9 @@ def decomposition_table() -> dict:
                   _aten.fmin.default: functools.partial(_fmax_fmin, is_max=False)})
     table.update({_aten.erfinv.default: _erfinv, _aten.special_erfinv.default: _erfinv,
                   _aten.special_ndtri.default: _ndtri, _aten.frexp.Tensor: _frexp})
+    table.update({_aten.scatter.reduce: _scatter_with_reduce, _aten.scatter.value_reduce: _scatter_with_reduce,
+                  _aten.scatter_add.default: _scatter_add, _aten.diagonal_scatter.default: _diagonal_scatter,
+                  _aten.scatter.src: _scatter_negative_dim, _aten.scatter.value: _scatter_negative_dim})
     table.update({_aten.special_erfcx.default: _erfcx, _aten.special_log_ndtr.default: _log_ndtr,
                   _aten.special_spherical_bessel_j0.default: _spherical_bessel_j0})
     table.update(matrix.table())
@@ -581,6 +584,63 @@ def _frexp(x):
     return mantissa.to(x.dtype), torch.where(regular, e, torch.zeros_like(e))
 
 
+def _scatter_with_reduce(self, dim, index, src, reduce):
+    """scatter(reduce='add' | 'multiply'), of a tensor or a number: scatter_reduce with the input included, which
+    torch-mlir lowers (scatter.reduce's string argument stays an unlowered torch.constant)."""
+    if not isinstance(src, torch.Tensor):
+        src = _filled_like(index, src).to(self.dtype)
+    return _scatter_reduce(self, dim, index, src, "sum" if reduce == "add" else "prod")
+
+
+def _scatter_add(self, dim, index, src):
+    """scatter_add as scatter_reduce(sum), along a non-negative dim: torch-mlir 20261001's scatters along dim -1
+    crash the process (SIGSEGV, or "LLVM ERROR: out of memory")."""
+    return _scatter_reduce(self, dim, index, src, "sum")
+
+
+def _scatter_reduce(self, dim, index, src, reduce: str):
+    """scatter_reduce with the input included, along the non-negative dim; bools summed (or multiplied) as int32
+    and compared with 0, as PyTorch's logical or (and)."""
+    dim = dim % max(self.dim(), 1)
+    if self.dtype == torch.bool:
+        r = torch.scatter_reduce(self.to(torch.int32), dim, index, src.to(torch.int32), reduce, include_self=True)
+        return r != 0
+    return torch.scatter_reduce(self, dim, index, src, reduce, include_self=True)
+
+
+def _scatter_negative_dim(self, dim, index, src):
+    """scatter along a negative dim, as the same op along the non-negative one (see _scatter_add); NotImplemented
+    (trace the op itself) for a non-negative dim."""
+    if dim >= 0:
+        return NotImplemented
+    return torch.scatter(self, dim % max(self.dim(), 1), index, src)
+
+
+def _diagonal_scatter(x, src, offset=0, dim1=0, dim2=1):
+    """x with src on its diagonal: both dims moved last, the diagonal chosen by a mask (col - row == offset) and
+    src's element for each row (each column, for a negative offset) broadcast along the other dim."""
+    nd = x.dim()
+    d1, d2 = dim1 % nd, dim2 % nd
+    rest = [d for d in range(nd) if d not in (d1, d2)]
+    perm = rest + [d1, d2]
+    xt = x.permute(perm)
+    rows, cols = xt.shape[-2:]
+    mask = (torch.arange(cols) - torch.arange(rows).view(rows, 1)) == offset
+    n = src.shape[-1]
+    src = src.to(x.dtype)
+    if offset >= 0:          # row i holds src[i]
+        pad = torch.cat([src, torch.zeros(*src.shape[:-1], rows - n, dtype=x.dtype)], -1) if rows > n else src
+        vals = pad[..., :rows, None]
+    else:                    # column j holds src[j]
+        pad = torch.cat([src, torch.zeros(*src.shape[:-1], cols - n, dtype=x.dtype)], -1) if cols > n else src
+        vals = pad[..., None, :cols]
+    out = torch.where(mask, vals, xt)
+    inv = [0] * nd
+    for i, d in enumerate(perm):
+        inv[d] = i
+    return out.permute(inv).clone()
+
+
 def _spherical_bessel_j0(x):
     """sin(x)/x; its Taylor series below |x| = 0.5 (no 0/0), 0 at infinities; in float64."""
     d = x.to(torch.float64)
@@ -962,7 +1022,11 @@ _OWN = {_aten._native_multi_head_attention.default: _native_mha, _aten.softshrin
         _aten.cummax.default: functools.partial(_cumulative_extreme, is_max=True),
         _aten.cummin.default: functools.partial(_cumulative_extreme, is_max=False)}
 # (fmax/fmin: torch-mlir's returns b where a == b, so fmax(-0., 0.) is 0., PyTorch's -0.)
-FORCED = frozenset({_aten.softshrink.default, _aten.renorm.default, _aten.fmax.default, _aten.fmin.default})
+# (scatter with reduce=, scatter_add: torch-mlir's own lowerings crash the worker, SIGSEGV or "LLVM ERROR: out of
+# memory"; diagonal_scatter's leaves a torch.constant.int)
+FORCED = frozenset({_aten.softshrink.default, _aten.renorm.default, _aten.fmax.default, _aten.fmin.default,
+                    _aten.scatter.reduce, _aten.scatter.value_reduce, _aten.scatter_add.default,
+                    _aten.diagonal_scatter.default})
 
 
 def decompose_only(func, kwargs) -> bool:
@@ -970,6 +1034,8 @@ def decompose_only(func, kwargs) -> bool:
     if func is _aten.repeat.default:       # torch-mlir 20261001 divides by a zero size (SIGFPE in the lowering)
         x, reps = kwargs.get("self"), kwargs.get("repeats") or ()
         return isinstance(x, torch.Tensor) and (0 in reps or 0 in x.shape)
+    if func in (_aten.scatter.src, _aten.scatter.value):     # along dim -1 torch-mlir's lowering crashes
+        return kwargs.get("dim", 0) < 0
     return func in FORCED or (func is _aten.gelu.default and kwargs.get("approximate") == "tanh")
 
 

@@ -61,15 +61,6 @@ class TensorMeta:
         return f"tensor[{'x'.join(map(str, self.shape))}:{MLIR_ELEMENT.get(self.dtype, self.dtype)}]"
 
 
-def base_permutation(t: torch.Tensor):
-    """For a non-contiguous tensor that is a permutation of a contiguous one (t(), transpose, permute), the dims
-    order `p` with t.permute(p) contiguous (a view, no copy); else None."""
-    if t.dim() < 2 or t.is_contiguous():
-        return None
-    p = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d)))
-    return tuple(p) if t.permute(p).is_contiguous() else None
-
-
 _jit_lock = threading.Lock()
 
 
@@ -126,8 +117,8 @@ def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], se
     (lowering.static_scratch) runs under its lock, one call at a time."""
     ts = [f"t{i}" for i in range(n_in)]
     os_ = [f"o{i}" for i in range(len(outputs))]
-    prep = [f"    t{i} = t{i}.contiguous()" if perms is None or perms[i] is None else f"    t{i} = t{i}.permute(P{i})"
-            for i in range(n_in)]
+    prep = [f"    t{i} = t{i}.contiguous()" if perms is None or perms[i] is None else
+            f"    t{i} = t{i}.permute(P{i}).contiguous()" for i in range(n_in)]
     passed = ts + [o for o, m in zip(os_, outputs) if m is not None and not m.empty]
     result = ", ".join(o if m is None or m.contiguous else f"_restride({o}, M{i})"
                        for i, (o, m) in enumerate(zip(os_, outputs)))
@@ -246,7 +237,7 @@ class Kernel:
     """Calls `main(inputs..., outputs...)` with descriptors built once; a call only patches data pointers.
 
     `input_perms`: per input, None or the permutation that turns the call's tensor (a transposed view) into the
-    contiguous base the kernel takes, so a weight's t() is not copied per call."""
+    layout the kernel takes (contiguous: a weight's t() is then not copied per call; else copied, row by row)."""
 
     def __init__(self, llvm_ir: str, inputs: List[TensorMeta], outputs: List[TensorMeta],
                  input_perms: Optional[list] = None, inplace_safe: bool = False, engine: Optional[tuple] = None):
@@ -282,11 +273,11 @@ class Kernel:
         return self._ee if self._module is not None else None
 
     def prepare(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """The kernel's inputs for a call's tensors, as `run` makes them: contiguous, or the contiguous base of a
-        transposed view, which the kernel permutes itself."""
+        """The kernel's inputs for a call's tensors, as `run` makes them: contiguous, or a transposed view permuted
+        back (and made contiguous), which the kernel permutes itself."""
         if self.input_perms is None:
             return [t.contiguous() for t in tensors]       # contiguous() returns the tensor itself when it is
-        return [t.contiguous() if p is None else t.permute(p) for t, p in zip(tensors, self.input_perms)]
+        return [t.contiguous() if p is None else t.permute(p).contiguous() for t, p in zip(tensors, self.input_perms)]
 
     def __call__(self, tensors: Sequence[torch.Tensor], outs: Optional[List[torch.Tensor]] = None
                  ) -> List[torch.Tensor]:

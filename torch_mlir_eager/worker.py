@@ -73,16 +73,17 @@ def _transposed_rhs_perms(func, tensors, natives):
     untransposed; None for the usual contiguous inputs. The scheduled kernel reads the base itself: the dot-product
     form for few rows (a linear layer at batch 1: 15 us instead of a 670 us weight copy), else a packing copy into
     the GEMM's panels (schedules.MATMUL_PACKED; BERT's 128x256 by 1024 linear: 277 us instead of 472 with
-    PyTorch's transposed copy first)."""
-    from .kernel import base_permutation
+    PyTorch's transposed copy first). Also a right-hand side whose transpose is only row-contiguous (attention's
+    k^T, a slice of the fused q/k/v projection): the kernel then gets its transpose copied row by row, which is
+    what PyTorch's own copy would cost without the transposing (BERT's q k^T: 4x64x128).
+    """
     if str(func) not in TAKES_TRANSPOSED or not tensors or not natives or natives[0] is None or natives[0].dim() < 2:
         return None
     rhs = tensors[-1]
-    p = base_permutation(rhs)
     n = rhs.dim()
-    if p is None or list(p) != list(range(n - 2)) + [n - 1, n - 2]:
+    if n < 2 or rhs.is_contiguous() or rhs.stride(-2) != 1 or rhs.size(-1) < 2:
         return None
-    return [None] * (len(tensors) - 1) + [p]
+    return [None] * (len(tensors) - 1) + [tuple(range(n - 2)) + (n - 1, n - 2)]
 
 
 def tolerance(func, want) -> dict:

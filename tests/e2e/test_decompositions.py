@@ -528,3 +528,29 @@ def test_frexp_is_exact(dtype):
     got = tme.unwrap(check_op(torch.frexp, x, rtol=0, atol=0))
     assert torch.equal(torch.signbit(got[0]), torch.signbit(torch.frexp(x)[0]))
     assert row("aten.frexp.Tensor")["mlir_calls"] == 1
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1, -2])
+def test_scatters_along_every_dim(dim):
+    """scatter_add, scatter(reduce=) and scatter along a negative dim: torch-mlir's own lowerings of these crash
+    the compile worker; they compile as scatter_reduce along the non-negative dim."""
+    torch.manual_seed(4)
+    x = torch.randn(4, 6)
+    idx = torch.randint(0, 4 if dim in (0, -2) else 6, (3, 5))         # repeats: values add up, or multiply
+    src = torch.randn(3, 5)
+    check_op(lambda x, i, s: torch.scatter_add(x, dim, i, s), x, idx, src)
+    check_op(lambda x, i, s: torch.scatter(x, dim, i, s, reduce="add"), x, idx, src)
+    check_op(lambda x, i, s: torch.scatter(x, dim, i, s, reduce="multiply"), x, idx, src)
+    check_op(lambda x, i: torch.scatter(x, dim, i, 2.5, reduce="multiply"), x, idx)
+    check_op(lambda x, i, s: torch.scatter(x, dim, i.unique(dim=0)[:1], s[:1]), x, idx, src)   # one write each
+    check_op(lambda x, i, s: torch.scatter_add(x, dim, i, s), x > 0, idx, src > 0)             # bool: or
+    for op in ("aten.scatter_add.default", "aten.scatter.reduce", "aten.scatter.value_reduce", "aten.scatter.src"):
+        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+
+
+def test_diagonal_scatter_offsets_and_dims():
+    x = torch.randn(3, 4, 5)
+    for offset, d1, d2 in ((0, 1, 2), (2, 1, 2), (-2, 1, 2), (1, 0, 2), (-1, 2, 0), (0, -1, -3)):
+        n = torch.diagonal(x, offset, d1, d2).shape
+        check_op(lambda x, s: torch.diagonal_scatter(x, s, offset, d1, d2), x, torch.randn(n))
+    assert row("aten.diagonal_scatter.default")["mlir_calls"] == 6
