@@ -51,6 +51,20 @@ def test_attention_scores_with_transposed_keys_match_native(s, d):
     torch.testing.assert_close(_through_mlir(f, q, k), f(q, k), rtol=1e-4, atol=1e-4)
 
 
+def test_attention_heads_sliced_from_a_fused_projection_match_native():
+    """q, k, v as views into one q/k/v projection (BERT's): k^T is neither contiguous nor a permutation of a
+    contiguous tensor; the kernel takes it transposed back (copied row by row) and reads it as a transposed
+    right-hand side. Values that change between calls: the copy is made per call."""
+    torch.manual_seed(0)
+    for _ in range(2):
+        qkv = torch.randn(128, 3 * 256)
+        q, k, v = qkv.view(1, 128, 3, 4, 64).permute(2, 0, 3, 1, 4)
+        f = lambda q, k: (q @ k.transpose(-1, -2)).softmax(-1)
+        torch.testing.assert_close(_through_mlir(f, q, k), f(q, k), rtol=1e-4, atol=1e-5)
+    bmm = tme.report().to_dict()["ops"]
+    assert [r for r in bmm if r["op"] == "aten.bmm.default"][0]["fallback_calls"] == 0
+
+
 @pytest.mark.parametrize("hw,affine", [(7, True), (28, True), (64, True), (28, False)])
 def test_batch_norm_eval_matches_native(hw, affine):
     # Eval batch norm is x * alpha + beta per channel (importer._eval_batch_norm); at 64x64 the loop is split
