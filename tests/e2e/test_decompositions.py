@@ -343,6 +343,15 @@ def test_cdist_and_pdist_both_of_pytorchs_ways(p):
 
 # ---- dense linear algebra (matrix.py): LAPACK's algorithms unrolled ----
 
+def _tol(dtype) -> dict:
+    return dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+def _all_through_mlir(*ops):
+    for op in ops:
+        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+
+
 def _spd(*shape, dtype=torch.float64):
     x = torch.randn(*shape, dtype=dtype)
     return x @ x.mT + shape[-1] * torch.eye(shape[-1], dtype=dtype)
@@ -358,8 +367,7 @@ def test_lu_factor_pivots_ties_singular_and_rectangular(dtype):
     check_op(lu_ex, torch.randn(7, 4, dtype=dtype), **tight)           # tall
     check_op(torch.linalg.lu, torch.randn(3, 5, 4, dtype=dtype), **tight)
     check_op(lambda a: torch.lu_unpack(*torch.linalg.lu_factor(a)), torch.randn(2, 6, 4, dtype=dtype), **tight)
-    for op in ("aten.linalg_lu_factor_ex.default", "aten.linalg_lu.default", "aten.lu_unpack.default"):
-        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+    _all_through_mlir("aten.linalg_lu_factor_ex.default", "aten.linalg_lu.default", "aten.lu_unpack.default")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -386,7 +394,7 @@ def test_pivots_rounding_may_decide_run_natively(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_solves_inverse_and_determinants(dtype):
     torch.manual_seed(1)
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    tol = _tol(dtype)
     a = torch.randn(3, 5, 5, dtype=dtype) + 3 * torch.eye(5, dtype=dtype)
     b = torch.randn(3, 5, 2, dtype=dtype)
     check_op(torch.linalg.solve, a, b, **tol)
@@ -403,9 +411,8 @@ def test_solves_inverse_and_determinants(dtype):
             check_op(lambda lu, piv, b: torch.linalg.lu_solve(lu, piv, b, left=left, adjoint=adjoint),
                      lu, piv, b if left else b.mT, **tol)
     check_op(torch.linalg.det, torch.randn(0, 0, dtype=dtype))         # det of an empty matrix: 1
-    for op in ("aten._linalg_solve_ex.default", "aten.linalg_inv_ex.default", "aten._linalg_det.default",
-               "aten._linalg_slogdet.default", "aten.linalg_lu_solve.default"):
-        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+    _all_through_mlir("aten._linalg_solve_ex.default", "aten.linalg_inv_ex.default", "aten._linalg_det.default",
+                      "aten._linalg_slogdet.default", "aten.linalg_lu_solve.default")
 
 
 def test_singular_solves_run_natively():
@@ -423,7 +430,7 @@ def test_singular_solves_run_natively():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_triangular_and_cholesky(dtype):
     torch.manual_seed(2)
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    tol = _tol(dtype)
     t = torch.randn(2, 4, 4, dtype=dtype) + 4 * torch.eye(4, dtype=dtype)     # both triangles used, one read
     b = torch.randn(2, 4, 3, dtype=dtype)
     for upper in (True, False):
@@ -440,9 +447,8 @@ def test_triangular_and_cholesky(dtype):
         f = torch.linalg.cholesky(a, upper=upper)
         check_op(lambda b, f: torch.cholesky_solve(b, f, upper=upper), torch.randn(3, 5, 2, dtype=dtype), f, **tol)
         check_op(lambda f: torch.cholesky_inverse(f, upper=upper), f[0], **tol)
-    for op in ("aten.linalg_solve_triangular.default", "aten.triangular_solve.default",
-               "aten.linalg_cholesky_ex.default", "aten.cholesky_solve.default", "aten.cholesky_inverse.default"):
-        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+    _all_through_mlir("aten.linalg_solve_triangular.default", "aten.triangular_solve.default",
+                      "aten.linalg_cholesky_ex.default", "aten.cholesky_solve.default", "aten.cholesky_inverse.default")
 
 
 def test_not_positive_definite_nan_and_bad_pivots_run_natively():
@@ -471,7 +477,7 @@ def test_larger_matrices_than_unrolled_run_natively():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_householder_qr_family(dtype):
     torch.manual_seed(3)
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    tol = _tol(dtype)
     for shape in ((2, 6, 4), (4, 6), (5, 5)):
         a = torch.randn(*shape, dtype=dtype)
         check_op(torch.geqrf, a, **tol)
@@ -483,9 +489,8 @@ def test_householder_qr_family(dtype):
         for transpose in (True, False):
             c = torch.randn(6, 3, dtype=dtype) if left else torch.randn(3, 6, dtype=dtype)
             check_op(lambda r, t, c: torch.ormqr(r, t, c, left=left, transpose=transpose), refl, tau, c, **tol)
-    for op in ("aten.geqrf.default", "aten.linalg_qr.default", "aten.linalg_householder_product.default",
-               "aten.ormqr.default"):
-        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+    _all_through_mlir("aten.geqrf.default", "aten.linalg_qr.default", "aten.linalg_householder_product.default",
+                      "aten.ormqr.default")
 
 
 def test_reflections_rounding_may_flip_run_natively():
@@ -544,8 +549,8 @@ def test_scatters_along_every_dim(dim):
     check_op(lambda x, i: torch.scatter(x, dim, i, 2.5, reduce="multiply"), x, idx)
     check_op(lambda x, i, s: torch.scatter(x, dim, i.unique(dim=0)[:1], s[:1]), x, idx, src)   # one write each
     check_op(lambda x, i, s: torch.scatter_add(x, dim, i, s), x > 0, idx, src > 0)             # bool: or
-    for op in ("aten.scatter_add.default", "aten.scatter.reduce", "aten.scatter.value_reduce", "aten.scatter.src"):
-        assert row(op)["fallback_calls"] == 0 and row(op)["mlir_calls"] >= 1, row(op)
+    _all_through_mlir("aten.scatter_add.default", "aten.scatter.reduce", "aten.scatter.value_reduce",
+                      "aten.scatter.src")
 
 
 def test_diagonal_scatter_offsets_and_dims():
