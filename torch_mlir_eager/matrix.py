@@ -1,5 +1,5 @@
-"""Dense linear algebra (LU, Cholesky, triangular and LU solves, inverse, determinants) as unrolled tensor ops, for
-the importer's decomposition table: torch-mlir 20261001 has no lowering for any of LAPACK's routines.
+"""Dense linear algebra (LU, Cholesky, Householder QR, triangular and LU solves, inverse, determinants) as unrolled
+tensor ops, for the importer's decomposition table: torch-mlir 20261001 has no lowering for any of LAPACK's routines.
 
 Each routine runs LAPACK's own algorithm in the order LAPACK runs it, one step per row or column, unrolled at trace
 time over the (static) matrix order, and batched over leading dims. The results are those of PyTorch's CPU kernels up
@@ -15,6 +15,8 @@ then runs the call natively (validate.INFO_CHECKED, validate.FLAGGED). So do mat
 positive definite: info > 0) and inputs holding NaN or infinities (validate.NONFINITE_UNSAFE).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -166,10 +168,12 @@ def _lu_solve(lu, perm, b, adjoint: bool):
     return _rows(w, _inverse_perm(perm))
 
 
-def _eye_like(a, n: int):
-    if n == 0:                  # (a view of a zero-size tensor divides by zero in torch-mlir 20261001's lowering)
-        return a.new_empty((*a.shape[:-2], 0, 0))
-    return (torch.arange(n).view(n, 1) == torch.arange(n)).to(a.dtype).expand(*a.shape[:-2], n, n)
+def _eye_like(a, m: int, n: Optional[int] = None):
+    """The m x n (m x m) identity in a's dtype, over a's batch dims."""
+    n = m if n is None else n
+    if m == 0:                  # (a view of a zero-size tensor divides by zero in torch-mlir 20261001's lowering)
+        return a.new_empty((*a.shape[:-2], 0, n))
+    return (torch.arange(m).view(m, 1) == torch.arange(n)).to(a.dtype).expand(*a.shape[:-2], m, n)
 
 
 def _cholesky_lower(a):
@@ -224,11 +228,7 @@ def lu_unpack(lu, pivots, unpack_data=True, unpack_pivots=True):
         up = torch.triu(lu[..., :k, :])
     else:
         low = up = lu.new_empty((0,))
-    if unpack_pivots:
-        p = _permutation_matrix(_perm_of(pivots, m), lu.dtype)
-        p = p.expand(*pivots.shape[:-1], m, m) if not unpack_data else p.expand(*lu.shape[:-2], m, m)
-    else:
-        p = lu.new_empty((0,))
+    p = _permutation_matrix(_perm_of(pivots, m), lu.dtype) if unpack_pivots else lu.new_empty((0,))
     return p, low, up
 
 
@@ -367,10 +367,9 @@ def _geqrf(a):
 
 def _reflector(a, tau, i: int):
     """(v [..., m] with zeros above i and 1 at i, tau_i [..., 1]) of reflector i stored in a's column i."""
-    m = a.shape[-2]
     parts = [torch.zeros(*a.shape[:-2], i, dtype=a.dtype)] if i else []
     parts += [torch.ones(*a.shape[:-2], 1, dtype=a.dtype), a[..., i + 1:, i]]
-    return torch.cat(parts, -1)[..., :m], tau[..., i:i + 1]
+    return torch.cat(parts, -1), tau[..., i:i + 1]
 
 
 def _apply_reflectors(a, tau, c, left: bool, transpose: bool):
@@ -394,9 +393,8 @@ def geqrf(a):
 def householder_product(a, tau):
     m, n = a.shape[-2:]
     _order(m, n)
-    batch = torch.broadcast_shapes(a.shape[:-2], tau.shape[:-1])
-    eye = (torch.arange(m).view(m, 1) == torch.arange(n)).to(a.dtype).expand(*batch, m, n)
-    return _apply_reflectors(a.expand(*batch, m, n), tau, eye, left=True, transpose=False)
+    a = a.expand(*torch.broadcast_shapes(a.shape[:-2], tau.shape[:-1]), m, n)
+    return _apply_reflectors(a, tau, _eye_like(a, m, n), left=True, transpose=False)
 
 
 def ormqr(a, tau, c, left=True, transpose=False):
