@@ -5,6 +5,7 @@ Run as `python -m torch_mlir_eager.worker`; messages are length-prefixed pickles
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pickle
@@ -69,7 +70,7 @@ TAKES_TRANSPOSED = frozenset({"aten.mm.default", "aten.addmm.default", "aten.bmm
 
 
 def _transposed_rhs_perms(func, tensors, natives):
-    """Per tensor, the permutation to its contiguous base where the kernel should take the matmul's right-hand side
+    """Per tensor, the permutation that untransposes the matmul's right-hand side, where the kernel should take it
     untransposed; None for the usual contiguous inputs. The scheduled kernel reads the base itself: the dot-product
     form for few rows (a linear layer at batch 1: 15 us instead of a 670 us weight copy), else a packing copy into
     the GEMM's panels (schedules.MATMUL_PACKED; BERT's 128x256 by 1024 linear: 277 us instead of 472 with
@@ -265,9 +266,7 @@ def _attempt(ctx, func, args, kwargs, tensors, natives, decompose: bool, req: di
     lowering.reassociate_reductions(module)
     _dump(req, pre + "linalg.mlir", lambda: str(module))
     bases = tensors if perms is None else [t if p is None else t.permute(p) for t, p in zip(tensors, perms)]
-
-    def resample():
-        return _resampled(func, args, kwargs, tensors)
+    resample = functools.partial(_resampled, func, args, kwargs, tensors)
     in_metas = [TensorMeta(t.shape, t.dtype) for t in bases]
     out_metas = [TensorMeta.of(n, empty=not c) if n is not None else None
                  for n, c in zip(natives, importer.computed(natives))]
