@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import math
 import os
 import sys
 import time
@@ -27,18 +26,6 @@ import bench  # noqa: E402
 
 import torch_mlir_eager as tme  # noqa: E402
 from torch_mlir_eager import dispatch  # noqa: E402
-
-
-def _best_ms(fn, n: int, reps: int = 7) -> float:
-    for _ in range(5):
-        fn()
-    best = math.inf
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t) / n)
-    return best * 1e3
 
 
 class _NativeTimer(TorchDispatchMode):
@@ -73,9 +60,8 @@ def main(argv=None) -> int:
         tme.wrap(ours)
         xw, xl = tme.wrap(x), bench.LeanTensor(x)
         ours(xw)                                               # compiles
-        t_nat = _best_ms(lambda: native(x), max(n // 5, 1))
-        t_lean = _best_ms(lambda: lean(xl), max(n // 5, 1))
-        t_ours = _best_ms(lambda: ours(xw), max(n // 5, 1))
+        t_nat, t_lean, t_ours = (bench.per_call(fn, max(n // 5, 1), reps=7) * 1e3
+                                 for fn in (lambda: native(x), lambda: lean(xl), lambda: ours(xw)))
         with _NativeTimer(nat_acc, nat_cnt):
             for _ in range(n):
                 native(x)
