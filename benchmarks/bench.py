@@ -40,6 +40,8 @@ class LeanTensor(torch.Tensor):
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         un = lambda x: x.elem if isinstance(x, LeanTensor) else x
         out = func(*[un(a) for a in args], **{k: un(v) for k, v in (kwargs or {}).items()})
+        if isinstance(out, (list, tuple)):       # unbind, split: each result wrapped, so later calls are seen too
+            return type(out)(LeanTensor(o) if isinstance(o, torch.Tensor) else o for o in out)
         return LeanTensor(out) if isinstance(out, torch.Tensor) else out
 
 

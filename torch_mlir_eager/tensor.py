@@ -42,10 +42,12 @@ class TorchMLIRTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        e = _ENTRIES.get(id(func)) or dispatch.entry(func)
+        if e.view_of_self and not kwargs and type(args[0]) is TorchMLIRTensor:
+            return _view_of_self(e, func, args)
         uargs = tuple([a.elem if isinstance(a, TorchMLIRTensor) else
                        map_tensors(a, _unwrap_one) if isinstance(a, (list, tuple)) else a for a in args])
         ukwargs = map_tensors(kwargs, _unwrap_one) if kwargs else {}
-        e = _ENTRIES.get(id(func)) or dispatch.entry(func)
         if e.inplace and type(args[0]) is TorchMLIRTensor:
             # relu_, add_, ...: the result is the input wrapper itself, its data written in place (what PyTorch's
             # return_and_correct_aliasing returns too, for ~12 us a call more).
@@ -61,6 +63,23 @@ class TorchMLIRTensor(torch.Tensor):
                 return out
             return return_and_correct_aliasing(func, args, kwargs or {}, out)
         return out
+
+
+def _view_of_self(e, func, args):
+    """A view of args[0] (dispatch.OpEntry.view_of_self), run natively by design: what call_entry, _wrap_out and the
+    aliasing fix-up below do for it, without their generality. The results share args[0]'s storage."""
+    a0 = args[0]
+    out = func(a0.elem, *args[1:])
+    dispatch.recorder.native(e.plan.name, "view")
+    if e.view_of_self == dispatch.VIEW_ONE:
+        r = _from_result(out)
+        if e.aliasing:
+            torch._functionalize_unsafe_set(r, a0)
+        return r
+    rs = [_from_result(o) for o in out]
+    for r in rs:
+        torch._functionalize_unsafe_set(r, a0)
+    return type(out)(rs)
 
 
 def _mirror_lazy_bits(r: torch.Tensor, elem: torch.Tensor) -> None:

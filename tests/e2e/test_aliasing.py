@@ -74,6 +74,17 @@ def test_non_contiguous_inputs():
     assert isinstance(got, tme.TorchMLIRTensor)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64, torch.bool])
+def test_non_contiguous_inputs_copied_by_numpy_or_torch(dtype):
+    # kernels take contiguous inputs: numpy copies these (torch, for bfloat16, which numpy has not), big and small
+    for shape in ((6, 5), (300, 200)):
+        a = (torch.randn(*shape) * 4).to(dtype)
+        b = (torch.randn(shape[1], 2, shape[0]) * 4).to(dtype)
+        check_op(lambda x, y: x.t() * y[:, 1], a, b)
+        check_op(lambda x, y: torch.maximum(x[:, ::2], y.permute(2, 1, 0)[:, 0, ::2]), a, b)
+    assert row("aten.mul.Tensor")["mlir_calls"] == 2 and row("aten.maximum.default")["mlir_calls"] == 2
+
+
 def test_non_contiguous_result_layout_matches_native():
     a = torch.randn(4, 6).t()
     got = tme.unwrap(torch.exp(tme.wrap(a)))
@@ -141,6 +152,23 @@ def test_view_aliasing_preserved():
     v.add_(1.0)
     torch.testing.assert_close(tme.unwrap(w), torch.ones(6))
     assert row("aten.view.default")["native_calls"] == 1
+
+
+@pytest.mark.parametrize("split", [lambda t: t.unbind(0), lambda t: t.split(2, 1), lambda t: t.chunk(3, 1),
+                                   lambda t: t.t().unbind(1)])
+def test_list_views_alias_their_base(split):
+    base = torch.arange(12, dtype=torch.float32).reshape(2, 6)
+    want = base.clone()
+    w = tme.TorchMLIRTensor(base.clone())
+    parts, wparts = split(want), split(w)
+    assert [type(p) for p in wparts] == [tme.TorchMLIRTensor] * len(parts)
+    for p, q in zip(parts, wparts):
+        assert q.shape == p.shape and q.stride() == p.stride() and q.storage_offset() == p.storage_offset()
+        assert torch._C._is_alias_of(q, w)                    # the wrappers share w's storage, as views do
+    parts[-1].mul_(-1.0)
+    wparts[-1].mul_(-1.0)
+    torch.testing.assert_close(tme.unwrap(w), want)
+    assert row("aten.mul_.Tensor")["mlir_calls"] == 1
 
 
 def test_bad_input_raises_pytorch_error():
