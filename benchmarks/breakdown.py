@@ -4,7 +4,7 @@ call timed the same way from a dispatch mode. A tight loop over one kernel hides
 just written by another op, caches holding other weights): elementwise calls run 2-3x slower inside the BERT layer
 than alone, native's as well as ours.
 
-    .venv/bin/python benchmarks/breakdown.py [--model bert|resnet18] [--forwards 100]
+    .venv/bin/python benchmarks/breakdown.py [--model bert|resnet18] [--forwards 100] [--shapes]
 
 Prints per op: calls per forward, native us, ours us, the difference; then the forwards themselves (native, the
 leanest interceptor, ours) and how much of ours is spent outside the dispatcher (the interceptor's own cost).
@@ -28,16 +28,24 @@ import torch_mlir_eager as tme  # noqa: E402
 from torch_mlir_eager import dispatch  # noqa: E402
 
 
+def _row(e, args, shapes: bool) -> str:
+    """The table row of a call: the op's functional name (relu_ and relu share one), with its input shapes."""
+    if not shapes:
+        return e.fname
+    return e.fname + " " + ",".join("x".join(map(str, t.shape)) for t in args if isinstance(t, torch.Tensor))
+
+
 class _NativeTimer(TorchDispatchMode):
-    def __init__(self, acc, cnt):
+    def __init__(self, acc, cnt, shapes):
         super().__init__()
-        self.acc, self.cnt = acc, cnt
+        self.acc, self.cnt, self.shapes = acc, cnt, shapes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         t = time.perf_counter()
         r = func(*args, **(kwargs or {}))
-        self.acc[str(func)] += time.perf_counter() - t
-        self.cnt[str(func)] += 1
+        row = _row(dispatch.entry(func), args, self.shapes)
+        self.acc[row] += time.perf_counter() - t
+        self.cnt[row] += 1
         return r
 
 
@@ -45,6 +53,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["bert", "resnet18"], default="bert")
     ap.add_argument("--forwards", type=int, default=100)
+    ap.add_argument("--shapes", action="store_true", help="a row per op and input shapes")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     if a.model == "bert":
@@ -62,7 +71,7 @@ def main(argv=None) -> int:
         ours(xw)                                               # compiles
         t_nat, t_lean, t_ours = (bench.per_call(fn, max(n // 5, 1), reps=7) * 1e3
                                  for fn in (lambda: native(x), lambda: lean(xl), lambda: ours(xw)))
-        with _NativeTimer(nat_acc, nat_cnt):
+        with _NativeTimer(nat_acc, nat_cnt, a.shapes):
             for _ in range(n):
                 native(x)
         inner = dispatch.call_entry
@@ -72,20 +81,32 @@ def main(argv=None) -> int:
             try:
                 return inner(e, args, kwargs)
             finally:
-                our_acc[e.fname] += time.perf_counter() - t
-                our_cnt[e.fname] += 1
+                row = _row(e, args, a.shapes)
+                our_acc[row] += time.perf_counter() - t
+                our_cnt[row] += 1
         import torch_mlir_eager.tensor as tensor_mod
-        tensor_mod.dispatch.call_entry = timed
+        inner_view = tensor_mod._view_of_self
+
+        def timed_view(e, func, args):         # views of a wrapper skip call_entry (tensor._view_of_self)
+            t = time.perf_counter()
+            try:
+                return inner_view(e, func, args)
+            finally:
+                row = _row(e, [args[0].elem], a.shapes)
+                our_acc[row] += time.perf_counter() - t
+                our_cnt[row] += 1
+        tensor_mod.dispatch.call_entry, tensor_mod._view_of_self = timed, timed_view
         try:
             for _ in range(n):
                 ours(xw)
         finally:
-            tensor_mod.dispatch.call_entry = inner
-    print(f"{'op':44s} {'calls':>5s} {'native us':>10s} {'ours us':>10s} {'diff us':>9s}")
+            tensor_mod.dispatch.call_entry, tensor_mod._view_of_self = inner, inner_view
+    w = 76 if a.shapes else 44
+    print(f"{'op':{w}s} {'calls':>5s} {'native us':>10s} {'ours us':>10s} {'diff us':>9s}")
     for op in sorted(set(nat_acc) | set(our_acc), key=lambda o: -(our_acc[o] - nat_acc[o])):
         calls = max(nat_cnt[op], our_cnt[op]) // n
         nat_us, our_us = nat_acc[op] / n * 1e6, our_acc[op] / n * 1e6
-        print(f"{op:44s} {calls:5d} {nat_us:10.1f} {our_us:10.1f} {our_us - nat_us:+9.1f}")
+        print(f"{op[:w]:{w}s} {calls:5d} {nat_us:10.1f} {our_us:10.1f} {our_us - nat_us:+9.1f}")
     inside = sum(our_acc.values()) / n * 1e3
     print(f"\nforward: native {t_nat:.3f} ms, lean interceptor {t_lean:.3f} ms ({t_lean / t_nat:.2f}x), "
           f"ours {t_ours:.3f} ms ({t_ours / t_nat:.2f}x); inside the dispatcher {inside:.3f} ms per timed forward "
