@@ -112,6 +112,20 @@ def test_transposed_weight_is_taken_untransposed(ctx, args, family):
                                                                                                args[2].shape[0])]
 
 
+@pytest.mark.skipif(__import__("torch_mlir_eager.kernel", fromlist=["x"]).openmp_runtime() is None,
+                    reason="no OpenMP runtime (intel-openmp) installed")
+@pytest.mark.parametrize("op,args", [
+    ("aten.addmm.default", (torch.randn(256), torch.randn(32, 64), torch.randn(256, 64).t())),  # threads by panel
+    ("aten.addmm.default", (torch.randn(48), torch.randn(64, 32), torch.randn(48, 32).t())),    # 3 panels: by rows
+    ("aten.bmm.default", (torch.randn(3, 32, 16), torch.randn(3, 64, 16).transpose(1, 2))),     # batched
+], ids=["by-panel", "by-rows", "bmm"])
+def test_packed_matmul_packs_each_panel_in_its_loop(ctx, op, args):
+    r = worker.compile_request(ctx, {"op": op, "args": args, "kwargs": {}, "threads": 2})
+    assert "ok" in r, r
+    assert r["info"]["schedule"] == "matmul-packed" and "schedule_failed" not in r["info"]
+    assert "omp.parallel" in r["ok"][0]
+
+
 def test_without_schedules_a_transposed_weight_is_copied_by_pytorch(ctx):
     args = (torch.randn(768), torch.randn(128, 256), torch.randn(768, 256).t())
     r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}, "schedules": False})
