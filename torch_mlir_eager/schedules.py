@@ -344,14 +344,23 @@ PACKED_FILL_FORALL = """
 PACKED_SERIAL = "%gemm = transform.merge_handles %gemm0 : !transform.any_op"
 
 
+# At a K this small (attention's q @ k^T: the head size), B is packed whole, one panel of all N columns, threads
+# split the batch (or rows), and the register tiles start from zeros (the fill fused into them): per-panel packing
+# cost more than it saved there (4x128x64 @ (4x128x64)^T: 46 us by panels of 32 columns, native 24).
+WHOLE_PACK_K = 128
+
+
 def _packed_schedule(shape, k: int, threads: int, transposed: bool = True, fill: bool = False) -> Schedule:
     """matmul-packed (PACKED): threads by panel, or by rows where the panels do not share out evenly; each panel
     packed (a transposed right-hand side's in 16 x 16 vector blocks) and register-tiled."""
     batch, m, n = list(shape[:-2]), shape[-2], shape[-1]
     mt, nt = _register_tile(m, n)
     nb = len(batch)
+    pw = n if fill and k <= WHOLE_PACK_K and n % 16 == 0 else nt            # panel width
     split = [0] * (nb + 4)                   # (batch..., m, np, j, k)
-    if threads > 1 and (n // nt) % threads == 0:
+    if threads > 1 and pw == n and batch and batch[0] % threads == 0:
+        split[0] = threads
+    elif threads > 1 and (n // pw) % threads == 0:
         split[nb + 1] = threads
     elif threads > 1 and m % (threads * mt) == 0:
         split[nb] = threads
@@ -359,7 +368,7 @@ def _packed_schedule(shape, k: int, threads: int, transposed: bool = True, fill:
     if any(split) and fill:
         forall += PACKED_FILL_FORALL
     pack_vec = PACK_TRANSPOSE.format(sizes=", ".join(map(str, [0] * nb + [1, 16, 16]))) \
-        if transposed and nt % 16 == 0 and k % 16 == 0 else ""
+        if transposed and pw % 16 == 0 and k % 16 == 0 else ""
     # The fill goes into the register tiles too (structured.fuse) once the pack is vectorized, i.e. no longer an op
     # that fusion would drag along into every row tile.
     fill_tiles = fill and bool(pack_vec)
@@ -368,10 +377,9 @@ def _packed_schedule(shape, k: int, threads: int, transposed: bool = True, fill:
                 if fill_tiles else "")
     script = PACKED.format(forall=forall, panel=", ".join(map(str, [0] * nb + [0, 1, 0, 0])), pack_vec=pack_vec,
                           register="fuse" if fill_tiles else "tile_using_for", fill_vec=fill_vec,
-
                           tiles=", ".join(map(str, [1] * nb + [mt, 0, nt])), nloops=nb + 2,
                           handles=", !transform.any_op" * (nb + 2), ktile=", ".join(["0"] * (nb + 3) + ["1"]))
-    return Schedule("matmul-packed", script, threads if any(split) else 1, nt)
+    return Schedule("matmul-packed", script, threads if any(split) else 1, pw)
 
 
 # Elementwise loop nests (modules without a contraction or a reduction), after elementwise fusion: each
@@ -630,7 +638,7 @@ class Schedule:
     family: str
     script: str
     threads: int = 1
-    panel_rows: int = 0        # conv2d-panels: output rows per column panel (CONV_AS_PANELS); matmul-packed: nt
+    panel_rows: int = 0        # conv2d-panels: output rows per column panel (CONV_AS_PANELS); matmul-packed: panel width
 
 
 @functools.lru_cache(maxsize=None)
