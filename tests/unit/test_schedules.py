@@ -117,8 +117,10 @@ def test_transposed_weight_is_taken_untransposed(ctx, args, family):
 @pytest.mark.parametrize("op,args", [
     ("aten.addmm.default", (torch.randn(256), torch.randn(32, 64), torch.randn(256, 64).t())),  # threads by panel
     ("aten.addmm.default", (torch.randn(48), torch.randn(64, 32), torch.randn(48, 32).t())),    # 3 panels: by rows
-    ("aten.bmm.default", (torch.randn(3, 32, 16), torch.randn(3, 64, 16).transpose(1, 2))),     # batched
-], ids=["by-panel", "by-rows", "bmm"])
+    ("aten.bmm.default", (torch.randn(3, 32, 16), torch.randn(3, 64, 16).transpose(1, 2))),     # batched, by rows
+    ("aten.bmm.default", (torch.randn(4, 32, 16), torch.randn(4, 64, 16).transpose(1, 2))),     # by batch
+    ("aten.bmm.default", (torch.randn(4, 32, 256), torch.randn(4, 64, 256).transpose(1, 2))),   # K > 128: panels
+], ids=["by-panel", "by-rows", "bmm", "bmm-by-batch", "bmm-k256"])
 def test_packed_matmul_packs_each_panel_in_its_loop(ctx, op, args):
     r = worker.compile_request(ctx, {"op": op, "args": args, "kwargs": {}, "threads": 2})
     assert "ok" in r, r
