@@ -196,3 +196,33 @@ def test_integer_zero_divisor_after_qualification_raises_like_native(name):
     with pytest.raises(type(native.value), match="ZeroDivisionError"):
         with tme.enable():
             f(a, b)
+
+
+HUGE = {
+    "std": lambda x: torch.std(x, 1),
+    "std_all": lambda x: torch.std(x),
+    "std_mean": lambda x: torch.std_mean(x, 1),
+    "var": lambda x: torch.var(x, 1),
+    "var_mean": lambda x: torch.var_mean(x, 1),
+    "layer_norm": lambda x: F.layer_norm(x, [16]),
+    "group_norm": lambda x: F.group_norm(x.view(4, 4, 4), 2),
+    "softmax": lambda x: torch.softmax(x, 1),
+    "vector_norm": lambda x: torch.linalg.vector_norm(x, dim=1),
+}
+
+
+@pytest.mark.parametrize("name", list(HUGE))
+def test_huge_finite_values_after_qualification(name):
+    """Finite values whose squares overflow float32: PyTorch accumulates such reductions in double, a kernel in float
+    (std of a row holding 1e20 came out inf where native's is 2.5e19)."""
+    f = HUGE[name]
+    torch.manual_seed(0)
+    with tme.enable():
+        f(torch.randn(4, 16))                     # compiled and qualified on ordinary values
+    for v in (1e20, -1e25, 1e30, 3e38):
+        x = torch.randn(4, 16)
+        x[0, 3] = x[1, 5] = x[1, 7] = v
+        want = f(x)
+        with tme.enable():
+            got = f(x)
+        torch.testing.assert_close(got, want, equal_nan=True, msg=lambda m: f"{name}, {v}: {m}")
