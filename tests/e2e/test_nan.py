@@ -205,6 +205,7 @@ HUGE = {
     "var": lambda x: torch.var(x, 1),
     "var_mean": lambda x: torch.var_mean(x, 1),
     "layer_norm": lambda x: F.layer_norm(x, [16]),
+    "layer_norm_affine": lambda x: F.layer_norm(x, [16], torch.linspace(-1, 1, 16), torch.linspace(0, 2, 16)),
     "group_norm": lambda x: F.group_norm(x.view(4, 4, 4), 2),
     "softmax": lambda x: torch.softmax(x, 1),
     "vector_norm": lambda x: torch.linalg.vector_norm(x, dim=1),
