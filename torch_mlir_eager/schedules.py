@@ -218,7 +218,7 @@ func.func private @tme_mm(%lhs: {at}, %rhs: {wt}, %init: {ot}) -> {ot} {{
 # contiguous K x nt block (32 KB at K = 256) instead of rows N floats apart (every one in the same L1 set), and a
 # transposed weight needs no separate transposed copy. The GEMM generic then reads P.
 MATMUL_PACKED = """
-func.func private @tme_mm(%lhs: {at}, %rhs: {bt}, %init: {ot}) -> {ot} {{
+func.func private @tme_mm(%lhs: {at}, %rhs: {bt}, %init: {it}) -> {ot} {{
   %rhs_e = tensor.expand_shape %rhs [{rexp}] output_shape [{rshape}] : {bt} into tensor<{rtype}x{el}>
   %e = tensor.empty() : tensor<{bs}{np}x{k}x{nt}x{el}>
   %p = linalg.generic {{tme.pack,
@@ -291,20 +291,68 @@ def pack_rhs(module, nt: int) -> bool:
         rexp = ([[0]] if batch else []) + [[d], [d + 1, d + 2]]
     bs, el = f"{ot.shape[0]}x" if batch else "", ot.element_type
     out4 = f"tensor<{bs}{m}x{n // nt}x{nt}x{el}>"        # the result with its N dim split into (panel, column)
-    if zero_init:
+    with module.context:
+        bias = _bias_add(mm) if zero_init and not batch else None
+    init_value = mm.operands[2]
+    if bias is not None:
+        # addmm's bias, added by a separate pass over the result after the matmul: the accumulator starts from it
+        # instead (one pass less over the output, and the tiles start from it in registers)
+        add, init_value = bias
+        with module.context:
+            add.results[0].replace_all_uses_with(mm.results[0])
+            add.erase()
+        init = (f"  %b2 = tensor.expand_shape %init [[0, 1]] output_shape [{n // nt}, {nt}] : {init_value.type} into "
+                f"tensor<{n // nt}x{nt}x{el}>\n  %e2 = tensor.empty() : {out4}\n"
+                f"  %i2 = linalg.generic {{tme.init, indexing_maps = [affine_map<(m, np, j) -> (np, j)>, "
+                f"affine_map<(m, np, j) -> (m, np, j)>], iterator_types = [\"parallel\", \"parallel\", \"parallel\"]}}"
+                f" ins(%b2 : tensor<{n // nt}x{nt}x{el}>) outs(%e2 : {out4}) {{\n"
+                f"  ^bb0(%a: {el}, %o: {el}):\n    linalg.yield %a : {el}\n  }} -> {out4}")
+    elif zero_init:
         init = (f"  %zero = arith.constant 0.0 : {el}\n  %e2 = tensor.empty() : {out4}\n"
-                f"  %i2 = linalg.fill ins(%zero : {el}) outs(%e2 : {out4}) -> {out4}")
+                f"  %i2 = linalg.fill {{tme.init}} ins(%zero : {el}) outs(%e2 : {out4}) -> {out4}")
     else:
         init = (f"  %i2 = tensor.expand_shape %init [{'[0], ' if batch else ''}[{d}], [{d + 1}, {d + 2}]] "
                 f"output_shape [{str(ot.shape[0]) + ', ' if batch else ''}{m}, {n // nt}, {nt}] : {ot} into {out4}")
     text = MATMUL_PACKED.format(
-        init=init, mac=MAC.format(el=ot.element_type), at=at, bt=bt, ot=ot, el=ot.element_type, bd=bd, bread=bread,
+        init=init, mac=MAC.format(el=ot.element_type), at=at, bt=bt, ot=ot, it=init_value.type, el=ot.element_type,
+        bd=bd, bread=bread,
         rexp=", ".join(map(str, rexp)), rshape=", ".join(map(str, rshape)), rtype="x".join(map(str, rshape)),
         bs=f"{ot.shape[0]}x" if batch else "", bsz=f"{ot.shape[0]}, " if batch else "", bexp="[0], " if batch else "",
         par='"parallel", ' if batch else "", np=n // nt, nt=nt, k=k, m=m, d=d, d1=d + 1, d2=d + 2,
         pdims="j, k" if w is not None else "k, j")
-    _replace_with_call(module, mm, text, "tme_mm", [mm.operands[0], rhs, mm.operands[2]], ot, "pack_rhs")
+    _replace_with_call(module, mm, text, "tme_mm", [mm.operands[0], rhs, init_value], ot, "pack_rhs")
     return True
+
+
+def _bias_add(mm):
+    """(the add, the bias) when the matmul's only use is a linalg.generic adding a bias [N], an input of the kernel,
+    broadcast along the rows (addmm as torch-mlir lowers it: a matmul from zeros, then bias + product), else None."""
+    from torch_mlir import ir
+    uses = list(mm.results[0].uses)
+    if len(uses) != 1:
+        return None
+    add = uses[0].owner
+    add = getattr(add, "operation", add)
+    if add.name != "linalg.generic" or len(add.operands) != 3 or len(add.results) != 1:
+        return None
+    maps = [ir.AffineMapAttr(a).value for a in add.attributes["indexing_maps"]]
+    ident = ir.AffineMap.get_identity(2)
+    if len(maps) != 3 or maps[2] != ident or any("parallel" not in str(t) for t in add.attributes["iterator_types"]):
+        return None
+    row = ir.AffineMap.get(2, 0, [ir.AffineDimExpr.get(1)])
+    i_mm = 0 if add.operands[0] == mm.results[0] else 1 if add.operands[1] == mm.results[0] else None
+    if i_mm is None or maps[i_mm] != ident or maps[1 - i_mm] != row:
+        return None
+    block = add.regions[0].blocks[0]
+    ops = list(block.operations)
+    if len(ops) != 2 or ops[0].name != "arith.addf" or ops[1].name != "linalg.yield" or \
+            {ops[0].operands[0], ops[0].operands[1]} != {block.arguments[0], block.arguments[1]} or \
+            ops[1].operands[0] != ops[0].result:
+        return None
+    bias = add.operands[1 - i_mm]
+    if not isinstance(bias, ir.BlockArgument):
+        return None          # computed (a scaled bias): it may come after the matmul, which then could not use it
+    return add, bias
 
 
 # matmul-packed's schedule: the GEMM split across threads by panel (or, where the panels do not share out evenly,
@@ -338,7 +386,7 @@ PACKED_FORALL = """%gemm, %forall = transform.structured.tile_using_forall %gemm
   %pack1, %forall2 = transform.structured.fuse_into_containing_op %pack0 into %forall
     : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)"""
 PACKED_FILL_FORALL = """
-  %fill0 = transform.structured.match ops{["linalg.fill"]} in %root : (!transform.any_op) -> !transform.any_op
+  %fill0 = transform.structured.match attributes{tme.init} in %root : (!transform.any_op) -> !transform.any_op
   %fill1, %forall3 = transform.structured.fuse_into_containing_op %fill0 into %forall2
     : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)"""
 PACKED_SERIAL = "%gemm = transform.merge_handles %gemm0 : !transform.any_op"
@@ -372,7 +420,7 @@ def _packed_schedule(shape, k: int, threads: int, transposed: bool = True, fill:
     # The fill goes into the register tiles too (structured.fuse) once the pack is vectorized, i.e. no longer an op
     # that fusion would drag along into every row tile.
     fill_tiles = fill and bool(pack_vec)
-    fill_vec = ('%fills = transform.structured.match ops{{["linalg.fill"]}} in %l#{last} : (!transform.any_op) -> '
+    fill_vec = ('%fills = transform.structured.match attributes{{tme.init}} in %l#{last} : (!transform.any_op) -> '
                 '!transform.any_op\n  transform.structured.vectorize %fills : !transform.any_op'.format(last=nb + 1)
                 if fill_tiles else "")
     script = PACKED.format(forall=forall, panel=", ".join(map(str, [0] * nb + [0, 1, 0, 0])), pack_vec=pack_vec,

@@ -164,3 +164,22 @@ def test_large_elementwise_ops_are_split_across_threads_and_reductions_are_not(c
     small = torch.randn(8, 8)
     r = worker.compile_request(ctx, {"op": "aten.relu.default", "args": (small,), "kwargs": {}, "threads": 2})
     assert "ok" in r and r["info"]["schedule"] == "plain"
+
+
+def test_addmm_bias_becomes_the_accumulator(ctx):
+    # torch-mlir lowers addmm to a matmul from zeros and a second pass adding the bias: packed, the matmul starts
+    # from the bias instead, and the second pass is gone (the one addf left is the multiply-accumulate's).
+    m = _linalg(ctx, aten.addmm.default, (torch.randn(64), torch.randn(32, 48), torch.randn(48, 64)))
+    assert str(m).count("arith.addf") == 1 and "linalg.fill" in str(m)
+    assert schedules.pack_rhs(m, 32)
+    text = str(m)
+    assert text.count("arith.addf") == 1 and "tme.init" in text and "linalg.fill" not in text
+
+
+def test_addmm_with_scaled_bias_keeps_its_own_pass(ctx):
+    args = (torch.randn(64), torch.randn(32, 48), torch.randn(48, 64))
+    g, _ = importer.one_node_graph(aten.addmm.default, args, {"beta": 0.5}, list(args))
+    m = importer.import_graph(ctx, g)
+    lowering.to_linalg(m)
+    assert schedules.pack_rhs(m, 32)
+    assert str(m).count("arith.addf") == 2 and "arith.mulf" in str(m)
