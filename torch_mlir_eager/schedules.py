@@ -89,7 +89,7 @@ MAC = """    ^bb0(%a: {el}, %b: {el}, %acc: {el}):
 CONV_AS_PANELS = """
 func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
   %w2 = tensor.collapse_shape %w [[0], [1, 2, 3]] : {wt} into tensor<{f}x{k}x{el}>
-  %i1 = tensor.collapse_shape %init [[0], [1], [2, 3]] : {ot} into tensor<{n}x{f}x{p}x{el}>
+{init}
   %r = scf.forall (%pb) in ({pb}) shared_outs(%o = %i1) -> (tensor<{n}x{f}x{p}x{el}>) {{
     %row = affine.apply affine_map<(d) -> (d * {rs})>(%pb)
     %c0 = affine.apply affine_map<(d) -> (d * {nc})>(%pb)
@@ -569,8 +569,15 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
     r = panel_rows or oh
     if oh % r:
         return False
+    el, i1 = ot.element_type, f"tensor<{n}x{f}x{oh * ow}x{ot.element_type}>"
+    if not dot and _filled_init(conv, zero=True):
+        # the GEMM starts from its own zeros (fusable into the panels and the register tiles; a reshape is not)
+        init = (f"  %zero = arith.constant 0.0 : {el}\n  %e1 = tensor.empty() : {i1}\n"
+                f"  %i1 = linalg.fill {{tme.init}} ins(%zero : {el}) outs(%e1 : {i1}) -> {i1}")
+    else:
+        init = f"  %i1 = tensor.collapse_shape %init [[0], [1], [2, 3]] : {ot} into {i1}"
     text = (CONV_AS_DOT if dot else CONV_AS_PANELS).format(
-        mac=MAC.format(el=ot.element_type), xt=xt, wt=wt, ot=ot, el=ot.element_type, n=n, c=c, kh=kh, kw=kw,
+        init=init, mac=MAC.format(el=ot.element_type), xt=xt, wt=wt, ot=ot, el=ot.element_type, n=n, c=c, kh=kh, kw=kw,
         oh=oh, ow=ow, f=f, k=c * kh * kw, p=oh * ow, sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], r=r,
         pb=oh // r, nc=r * ow, rs=r * strides[0], xh=(r - 1) * strides[0] + (kh - 1) * dil[0] + 1, xw=xt.shape[3])
     _replace_with_call(module, conv, text, "tme_conv", list(conv.operands)[:3], ot, "conv_to_gemm")
@@ -786,7 +793,14 @@ def _conv_panel(f: int, oh: int, ow: int, k: int, threads: int = 1) -> tuple:
     return best[1], best[2], best[3]
 
 
-def _conv_schedule(shape, k: int, threads: int) -> Schedule:
+CONV_FILL_HEAD = """
+  %cfill = transform.structured.match attributes{tme.init} in %root : (!transform.any_op) -> !transform.any_op
+  %cforall = transform.structured.match ops{["scf.forall"]} in %root : (!transform.any_op) -> !transform.any_op
+  %cfill2, %cforall2 = transform.structured.fuse_into_containing_op %cfill into %cforall
+    : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)"""
+
+
+def _conv_schedule(shape, k: int, threads: int, fill: bool = False) -> Schedule:
     n, f, oh, ow = shape
     r, mt, nt = _conv_panel(f, oh, ow, k, threads)
     p = oh * ow
@@ -799,7 +813,9 @@ def _conv_schedule(shape, k: int, threads: int) -> Schedule:
         script = _dot_script(COL_HEAD.format(col_forall=col), [1, dmt, dnt], [0, t, 0], kv)
         return Schedule("conv2d-dot", script, threads)
     # The panels' forall (in the template) is what the threads share; the script register-tiles each panel's GEMM.
-    return Schedule("conv2d-panels", _script(GEMM_MATCH, "gemm", [1, mt, nt], [0, 0, 0]),
+    # A zero init (a conv without bias) goes into the panels and then into the register tiles (REGISTER_TILE_FILL).
+    head = CONV_FILL_HEAD + GEMM_MATCH if fill else GEMM_MATCH
+    return Schedule("conv2d-panels", _script(head, "gemm", [1, mt, nt], [0, 0, 0], fill=fill),
                     threads if oh // r > 1 else 1, r)
 
 
@@ -834,7 +850,7 @@ def select(module, threads: int = 1) -> Optional[Schedule]:
         return None
     if op.name == "linalg.conv_2d_nchw_fchw":
         wshape = ir.RankedTensorType(op.operands[1].type).shape
-        return _conv_schedule(shape, wshape[1] * wshape[2] * wshape[3], threads)
+        return _conv_schedule(shape, wshape[1] * wshape[2] * wshape[3], threads, _filled_init(op, zero=True))
     if op.name in ("linalg.matmul", "linalg.batch_matmul") and len(op.operands) == 3 and \
             _transposed_rhs(op) is not None:
         k = ir.RankedTensorType(op.operands[0].type).shape[-1]

@@ -34,6 +34,17 @@ def test_scheduled_conv_qualifies(ctx, cfg):
     assert r["info"]["schedule"] == "conv2d-panels"
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_without_bias_starts_its_tiles_from_zeros(ctx, threads):
+    # no bias: the conv's accumulator is a zero fill, fused into the panels and the register tiles
+    args = list(_conv_args(c=16, f=16, h=8))
+    args[2] = None
+    r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": tuple(args), "kwargs": {},
+                                     "threads": threads})
+    assert "ok" in r, r
+    assert r["info"]["schedule"] == "conv2d-panels" and "schedule_failed" not in r["info"]
+
+
 def test_schedules_off_is_plain(ctx):
     r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(), "kwargs": {},
                                      "schedules": False})
