@@ -314,10 +314,9 @@ def pack_rhs(module, nt: int) -> bool:
         init = (f"  %i2 = tensor.expand_shape %init [{'[0], ' if batch else ''}[{d}], [{d + 1}, {d + 2}]] "
                 f"output_shape [{str(ot.shape[0]) + ', ' if batch else ''}{m}, {n // nt}, {nt}] : {ot} into {out4}")
     text = MATMUL_PACKED.format(
-        init=init, mac=MAC.format(el=ot.element_type), at=at, bt=bt, ot=ot, it=init_value.type, el=ot.element_type,
-        bd=bd, bread=bread,
+        init=init, mac=MAC.format(el=el), at=at, bt=bt, ot=ot, it=init_value.type, el=el, bd=bd, bread=bread,
         rexp=", ".join(map(str, rexp)), rshape=", ".join(map(str, rshape)), rtype="x".join(map(str, rshape)),
-        bs=f"{ot.shape[0]}x" if batch else "", bsz=f"{ot.shape[0]}, " if batch else "", bexp="[0], " if batch else "",
+        bs=bs, bexp="[0], " if batch else "",
         par='"parallel", ' if batch else "", np=n // nt, nt=nt, k=k, m=m, d=d, d1=d + 1, d2=d + 2,
         pdims="j, k" if w is not None else "k, j")
     _replace_with_call(module, mm, text, "tme_mm", [mm.operands[0], rhs, init_value], ot, "pack_rhs")
@@ -577,8 +576,8 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
     else:
         init = f"  %i1 = tensor.collapse_shape %init [[0], [1], [2, 3]] : {ot} into {i1}"
     text = (CONV_AS_DOT if dot else CONV_AS_PANELS).format(
-        init=init, mac=MAC.format(el=ot.element_type), xt=xt, wt=wt, ot=ot, el=ot.element_type, n=n, c=c, kh=kh, kw=kw,
-        oh=oh, ow=ow, f=f, k=c * kh * kw, p=oh * ow, sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], r=r,
+        init=init, mac=MAC.format(el=el), xt=xt, wt=wt, ot=ot, el=el, n=n, c=c, kh=kh, kw=kw, oh=oh, ow=ow, f=f,
+        k=c * kh * kw, p=oh * ow, sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], r=r,
         pb=oh // r, nc=r * ow, rs=r * strides[0], xh=(r - 1) * strides[0] + (kh - 1) * dil[0] + 1, xw=xt.shape[3])
     _replace_with_call(module, conv, text, "tme_conv", list(conv.operands)[:3], ot, "conv_to_gemm")
     return True
@@ -693,7 +692,7 @@ class Schedule:
     family: str
     script: str
     threads: int = 1
-    panel_rows: int = 0        # conv2d-panels: output rows per column panel (CONV_AS_PANELS); matmul-packed: panel width
+    panel_rows: int = 0        # conv2d-panels: output rows per panel (CONV_AS_PANELS); matmul-packed: panel width
 
 
 @functools.lru_cache(maxsize=None)
