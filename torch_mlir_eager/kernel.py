@@ -98,12 +98,27 @@ def _engine(llvm_ir: str):
                 module = ir.Module.parse(llvm_ir)
             except Exception as e:
                 raise CompileFailure("jit", f"parse: {e}") from None
+            _wide_vectors(module)
             try:
                 ee = ExecutionEngine(module, opt_level=3, shared_libs=_shared_libs(llvm_ir))
                 addr = ee.raw_lookup("_mlir_ciface_main")
             except Exception as e:
                 raise CompileFailure("jit", str(e)) from None
     return ctx, module, ee, addr
+
+
+def _wide_vectors(module) -> None:
+    """On AVX-512 hosts, ask LLVM for 512-bit vectors in the loops it vectorizes itself (elementwise ops, the exp
+    and erf expansions, reductions): its default for these CPUs is 256 bits. Explicit vector code (the GEMM tiles)
+    is 512-bit either way."""
+    from torch_mlir import ir
+    from .schedules import avx512
+    if not avx512():
+        return
+    attr = ir.Attribute.parse('[["prefer-vector-width", "512"]]')
+    for op in module.body.operations:
+        if op.operation.name == "llvm.func" and len(op.regions[0].blocks) and "passthrough" not in op.attributes:
+            op.attributes["passthrough"] = attr
 
 
 def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], serial: bool) -> str:

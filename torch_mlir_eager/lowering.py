@@ -251,6 +251,17 @@ func.func private @tme_erf_f32(%x0: f32) -> f32 {
 }
 """
 
+
+
+def _contracted(text: str) -> str:
+    """An expansion with its multiplies and adds marked `contract`: LLVM fuses each pair into one FMA (one rounding
+    instead of two, as Sleef's and Eigen's versions do), which halves the dependent chain of Horner's rule (exp over
+    4x128x128 on one thread: 35 us with separate multiplies and adds, native 9.6)."""
+    import re
+    return re.sub(r"(= arith\.(?:mulf|addf|subf) %\w+, %\w+) : f32", r"\1 fastmath<contract> : f32", text)
+
+
+EXP_F32, ERF_F32 = _contracted(EXP_F32), _contracted(ERF_F32)
 EXPANSIONS = {("math.exp", "f32"): ("tme_exp_f32", EXP_F32), ("math.erf", "f32"): ("tme_erf_f32", ERF_F32)}
 
 
