@@ -273,7 +273,7 @@ class Kernel:
     """Calls `main(inputs..., outputs...)` with descriptors built once; a call only patches data pointers.
 
     `input_perms`: per input, None or the permutation that turns the call's tensor (a transposed view) into the
-    layout the kernel takes (contiguous: a weight's t() is then not copied per call; else copied, row by row)."""
+    layout the kernel takes (contiguous: a weight's t() is then not copied per call; else copied, by `_dense`)."""
 
     def __init__(self, llvm_ir: str, inputs: List[TensorMeta], outputs: List[TensorMeta],
                  input_perms: Optional[list] = None, inplace_safe: bool = False, engine: Optional[tuple] = None):

@@ -252,7 +252,6 @@ func.func private @tme_erf_f32(%x0: f32) -> f32 {
 """
 
 
-
 def _contracted(text: str) -> str:
     """An expansion with its multiplies and adds marked `contract`: LLVM fuses each pair into one FMA (one rounding
     instead of two, as Sleef's and Eigen's versions do), which halves the dependent chain of Horner's rule (exp over

@@ -33,41 +33,37 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
 }}
 """
 
+# {register}: tile_using_for, or for a matmul / batch_matmul whose accumulator starts as a linalg.fill of zeros,
+# structured.fuse, which follows the accumulator through the tile loops' iter_args and fuses the fill into the
+# register tile ({fill_vec} then vectorizes it there; FILL_INTO_FORALL and FUSED_PANEL take it through the thread
+# split and the panel loop first): each tile starts from zeros in registers instead of reading back a whole output
+# the fill first wrote to memory. At small K that pass cost as much as the multiply (measured, 2 threads: bmm
+# 4x128x64 @ 4x64x128 48 -> 21.5 us, native 22; 4x512x64 @ 4x64x512 657 -> 390, native 348).
 REGISTER_TILE = """
 transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
 {head}
   {forall}
   {panel}
-  %t, %l:{nloops} = transform.structured.tile_using_for %{target}p tile_sizes [{tiles}, 0]
+  %t, %l:{nloops} = transform.structured.{register} %{target}p tile_sizes [{tiles}, 0]
     : (!transform.any_op) -> (!transform.any_op{handles})
   %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
     : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
   transform.structured.vectorize %t2 : !transform.any_op
+  {fill_vec}
 """ + TAIL
-
-# REGISTER_TILE for a matmul / batch_matmul whose accumulator starts as a linalg.fill of zeros: the fill is fused
-# into the thread split, the panel loop and the register tile (`structured.fuse`, which follows the accumulator
-# through the tile loops' iter_args), so each register tile starts from zeros in registers instead of reading back
-# a whole output the fill first wrote to memory. At small K that pass cost as much as the multiply (measured, 2
-# threads: bmm 4x128x64 @ 4x64x128 48 -> 21.5 us, native 22; 4x512x64 @ 4x64x512 657 -> 390, native 348).
-REGISTER_TILE_FILL = """
-transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
-{head}
-  %fill0 = transform.structured.match ops{{["linalg.fill"]}} in %root : (!transform.any_op) -> !transform.any_op
-  {forall}
-  {panel}
-  %t, %l:{nloops} = transform.structured.fuse %{target}p tile_sizes [{tiles}, 0]
-    : (!transform.any_op) -> (!transform.any_op{handles})
-  %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
-    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
-  transform.structured.vectorize %t2 : !transform.any_op
-  %fills = transform.structured.match ops{{["linalg.fill"]}} in %l#{last} : (!transform.any_op) -> !transform.any_op
-  transform.structured.vectorize %fills : !transform.any_op
-""" + TAIL
-FILL_INTO_FORALL = ("%fill1, %forall1 = transform.structured.fuse_into_containing_op %fill0 into %forall"
-                    " : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)")
+FILL_INTO_FORALL = """%fill0 = transform.structured.match ops{["linalg.fill"]} in %root
+    : (!transform.any_op) -> !transform.any_op
+  %fill1, %forall1 = transform.structured.fuse_into_containing_op %fill0 into %forall
+    : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)"""
 FUSED_PANEL = ("%{target}p, %panels = transform.structured.fuse %{target} tile_sizes [{sizes}]"
                " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)")
+
+
+def _fill_vec(last: int, match: str) -> str:
+    """Script text vectorizing the accumulator's init (matched by `match`) fused into the register tile %l#last."""
+    return (f"%fills = transform.structured.match {match} in %l#{last} : (!transform.any_op) -> !transform.any_op\n"
+            "  transform.structured.vectorize %fills : !transform.any_op")
+
 
 # The dot form's im2col copy split across threads (by output rows).
 COL_FORALL = ("%col_t, %col_forall = transform.structured.tile_using_forall %col num_threads [{counts}]"
@@ -419,9 +415,7 @@ def _packed_schedule(shape, k: int, threads: int, transposed: bool = True, fill:
     # The fill goes into the register tiles too (structured.fuse) once the pack is vectorized, i.e. no longer an op
     # that fusion would drag along into every row tile.
     fill_tiles = fill and bool(pack_vec)
-    fill_vec = ('%fills = transform.structured.match attributes{{tme.init}} in %l#{last} : (!transform.any_op) -> '
-                '!transform.any_op\n  transform.structured.vectorize %fills : !transform.any_op'.format(last=nb + 1)
-                if fill_tiles else "")
+    fill_vec = _fill_vec(nb + 1, "attributes{tme.init}") if fill_tiles else ""
     script = PACKED.format(forall=forall, panel=", ".join(map(str, [0] * nb + [0, 1, 0, 0])), pack_vec=pack_vec,
                           register="fuse" if fill_tiles else "tile_using_for", fill_vec=fill_vec,
                           tiles=", ".join(map(str, [1] * nb + [mt, 0, nt])), nloops=nb + 2,
@@ -593,7 +587,7 @@ def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: boo
     int > 0 first cuts the last parallel dim (N) into panels of that width, so that a K x panel slice of the
     right-hand operand stays in cache while every row tile passes over it (without it each row tile streams all
     of it); a list gives the panel loop's tile sizes per parallel dim directly. `fill`: the op's accumulator is a
-    linalg.fill, fused into every loop (REGISTER_TILE_FILL)."""
+    linalg.fill, fused into every loop (REGISTER_TILE's structured.fuse)."""
     n = len(tiles)
     if panel:
         sizes = ", ".join(map(str, panel + [0] if isinstance(panel, list) else [0] * (n - 1) + [panel, 0]))
@@ -604,9 +598,10 @@ def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: boo
     forall = _forall(f"{target}0", target, split + [0])
     if fill and max(split) > 1:
         forall += "\n  " + FILL_INTO_FORALL
-    return (REGISTER_TILE_FILL if fill else REGISTER_TILE).format(
-        head=head, target=target, forall=forall, panel=panel_text, tiles=", ".join(map(str, tiles)), nloops=loops,
-        last=loops - 1, handles=", !transform.any_op" * loops, ktile=", ".join(["0"] * n + ["1"]))
+    return REGISTER_TILE.format(
+        head=head, target=target, forall=forall, panel=panel_text, register="fuse" if fill else "tile_using_for",
+        tiles=", ".join(map(str, tiles)), nloops=loops, handles=", !transform.any_op" * loops,
+        ktile=", ".join(["0"] * n + ["1"]), fill_vec=_fill_vec(loops - 1, 'ops{["linalg.fill"]}') if fill else "")
 
 
 PANEL = ("%{target}p, %panels = transform.structured.tile_using_for %{target} tile_sizes [{sizes}]"
@@ -812,7 +807,7 @@ def _conv_schedule(shape, k: int, threads: int, fill: bool = False) -> Schedule:
         script = _dot_script(COL_HEAD.format(col_forall=col), [1, dmt, dnt], [0, t, 0], kv)
         return Schedule("conv2d-dot", script, threads)
     # The panels' forall (in the template) is what the threads share; the script register-tiles each panel's GEMM.
-    # A zero init (a conv without bias) goes into the panels and then into the register tiles (REGISTER_TILE_FILL).
+    # A zero init (a conv without bias) goes into the panels and then into the register tiles (REGISTER_TILE).
     head = CONV_FILL_HEAD + GEMM_MATCH if fill else GEMM_MATCH
     return Schedule("conv2d-panels", _script(head, "gemm", [1, mt, nt], [0, 0, 0], fill=fill),
                     threads if oh // r > 1 else 1, r)
