@@ -35,7 +35,7 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
 
 # {register}: tile_using_for, or for a matmul / batch_matmul whose accumulator starts as a linalg.fill of zeros,
 # structured.fuse, which follows the accumulator through the tile loops' iter_args and fuses the fill into the
-# register tile ({fill_vec} then vectorizes it there; FILL_INTO_FORALL and FUSED_PANEL take it through the thread
+# register tile ({fill_vec} then vectorizes it there; _init_into and FUSED_PANEL take it through the thread
 # split and the panel loop first): each tile starts from zeros in registers instead of reading back a whole output
 # the fill first wrote to memory. At small K that pass cost as much as the multiply (measured, 2 threads: bmm
 # 4x128x64 @ 4x64x128 48 -> 21.5 us, native 22; 4x512x64 @ 4x64x512 657 -> 390, native 348).
@@ -51,12 +51,22 @@ transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) 
   transform.structured.vectorize %t2 : !transform.any_op
   {fill_vec}
 """ + TAIL
-FILL_INTO_FORALL = """%fill0 = transform.structured.match ops{["linalg.fill"]} in %root
-    : (!transform.any_op) -> !transform.any_op
-  %fill1, %forall1 = transform.structured.fuse_into_containing_op %fill0 into %forall
-    : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)"""
 FUSED_PANEL = ("%{target}p, %panels = transform.structured.fuse %{target} tile_sizes [{sizes}]"
                " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)")
+
+
+def _init_into(loop: str, match: str) -> str:
+    """Script text fusing the accumulator's init (matched by `match`) into the scf.forall `loop`: each thread
+    or panel then makes its own slice of it."""
+    return (f"%init0 = transform.structured.match {match} in %root : (!transform.any_op) -> !transform.any_op\n"
+            f"  %init1, %init_loop = transform.structured.fuse_into_containing_op %init0 into {loop}\n"
+            "    : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)")
+
+
+def _zero_init(name: str, ty: str, el) -> str:
+    """MLIR lines making %{name}, a tensor of type `ty` filled with zeros and tagged tme.init (see _init_into)."""
+    return (f"  %zero = arith.constant 0.0 : {el}\n  %{name}_e = tensor.empty() : {ty}\n"
+            f"  %{name} = linalg.fill {{tme.init}} ins(%zero : {el}) outs(%{name}_e : {ty}) -> {ty}")
 
 
 def _fill_vec(last: int, match: str) -> str:
@@ -304,8 +314,7 @@ def pack_rhs(module, nt: int) -> bool:
                 f" ins(%b2 : tensor<{n // nt}x{nt}x{el}>) outs(%e2 : {out4}) {{\n"
                 f"  ^bb0(%a: {el}, %o: {el}):\n    linalg.yield %a : {el}\n  }} -> {out4}")
     elif zero_init:
-        init = (f"  %zero = arith.constant 0.0 : {el}\n  %e2 = tensor.empty() : {out4}\n"
-                f"  %i2 = linalg.fill {{tme.init}} ins(%zero : {el}) outs(%e2 : {out4}) -> {out4}")
+        init = _zero_init("i2", out4, el)
     else:
         init = (f"  %i2 = tensor.expand_shape %init [{'[0], ' if batch else ''}[{d}], [{d + 1}, {d + 2}]] "
                 f"output_shape [{str(ot.shape[0]) + ', ' if batch else ''}{m}, {n // nt}, {nt}] : {ot} into {out4}")
@@ -380,10 +389,6 @@ PACKED_FORALL = """%gemm, %forall = transform.structured.tile_using_forall %gemm
     : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
   %pack1, %forall2 = transform.structured.fuse_into_containing_op %pack0 into %forall
     : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)"""
-PACKED_FILL_FORALL = """
-  %fill0 = transform.structured.match attributes{tme.init} in %root : (!transform.any_op) -> !transform.any_op
-  %fill1, %forall3 = transform.structured.fuse_into_containing_op %fill0 into %forall2
-    : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)"""
 PACKED_SERIAL = "%gemm = transform.merge_handles %gemm0 : !transform.any_op"
 
 
@@ -409,7 +414,7 @@ def _packed_schedule(shape, k: int, threads: int, transposed: bool = True, fill:
         split[nb] = threads
     forall = PACKED_FORALL.format(counts=", ".join(map(str, split))) if any(split) else PACKED_SERIAL
     if any(split) and fill:
-        forall += PACKED_FILL_FORALL
+        forall += "\n  " + _init_into("%forall2", "attributes{tme.init}")
     pack_vec = PACK_TRANSPOSE.format(sizes=", ".join(map(str, [0] * nb + [1, 16, 16]))) \
         if transposed and pw % 16 == 0 and k % 16 == 0 else ""
     # The fill goes into the register tiles too (structured.fuse) once the pack is vectorized, i.e. no longer an op
@@ -565,8 +570,7 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
     el, i1 = ot.element_type, f"tensor<{n}x{f}x{oh * ow}x{ot.element_type}>"
     if not dot and _filled_init(conv, zero=True):
         # the GEMM starts from its own zeros (fusable into the panels and the register tiles; a reshape is not)
-        init = (f"  %zero = arith.constant 0.0 : {el}\n  %e1 = tensor.empty() : {i1}\n"
-                f"  %i1 = linalg.fill {{tme.init}} ins(%zero : {el}) outs(%e1 : {i1}) -> {i1}")
+        init = _zero_init("i1", i1, el)
     else:
         init = f"  %i1 = tensor.collapse_shape %init [[0], [1], [2, 3]] : {ot} into {i1}"
     text = (CONV_AS_DOT if dot else CONV_AS_PANELS).format(
@@ -597,7 +601,7 @@ def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: boo
     loops = sum(1 for t in tiles if t)
     forall = _forall(f"{target}0", target, split + [0])
     if fill and max(split) > 1:
-        forall += "\n  " + FILL_INTO_FORALL
+        forall += "\n  " + _init_into("%forall", 'ops{["linalg.fill"]}')
     return REGISTER_TILE.format(
         head=head, target=target, forall=forall, panel=panel_text, register="fuse" if fill else "tile_using_for",
         tiles=", ".join(map(str, tiles)), nloops=loops, handles=", !transform.any_op" * loops,
@@ -787,13 +791,6 @@ def _conv_panel(f: int, oh: int, ow: int, k: int, threads: int = 1) -> tuple:
     return best[1], best[2], best[3]
 
 
-CONV_FILL_HEAD = """
-  %cfill = transform.structured.match attributes{tme.init} in %root : (!transform.any_op) -> !transform.any_op
-  %cforall = transform.structured.match ops{["scf.forall"]} in %root : (!transform.any_op) -> !transform.any_op
-  %cfill2, %cforall2 = transform.structured.fuse_into_containing_op %cfill into %cforall
-    : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)"""
-
-
 def _conv_schedule(shape, k: int, threads: int, fill: bool = False) -> Schedule:
     n, f, oh, ow = shape
     r, mt, nt = _conv_panel(f, oh, ow, k, threads)
@@ -808,7 +805,10 @@ def _conv_schedule(shape, k: int, threads: int, fill: bool = False) -> Schedule:
         return Schedule("conv2d-dot", script, threads)
     # The panels' forall (in the template) is what the threads share; the script register-tiles each panel's GEMM.
     # A zero init (a conv without bias) goes into the panels and then into the register tiles (REGISTER_TILE).
-    head = CONV_FILL_HEAD + GEMM_MATCH if fill else GEMM_MATCH
+    head = GEMM_MATCH
+    if fill:
+        head = ("\n  %conv_panels = transform.structured.match ops{[\"scf.forall\"]} in %root : (!transform.any_op) -> "
+                "!transform.any_op\n  " + _init_into("%conv_panels", "attributes{tme.init}") + head)
     return Schedule("conv2d-panels", _script(head, "gemm", [1, mt, nt], [0, 0, 0], fill=fill),
                     threads if oh // r > 1 else 1, r)
 
