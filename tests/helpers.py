@@ -19,7 +19,8 @@ def row(op: str) -> dict:
     for r in tme.report().to_dict()["ops"]:
         if r["op"] == op:
             return r
-    return {"op": op, "calls": 0, "mlir_calls": 0, "fallback_calls": 0, "native_calls": 0, "reasons": {}}
+    return {"op": op, "calls": 0, "mlir_calls": 0, "fallback_calls": 0, "native_calls": 0, "user_errors": 0,
+            "reasons": {}}
 
 
 def check_op(fn, *args, rtol=1e-4, atol=1e-5, **kwargs):

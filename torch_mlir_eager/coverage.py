@@ -21,11 +21,9 @@ UNINITIALIZED = frozenset({"empty", "empty_like", "new_empty", "new_empty_stride
                            "empty_permuted", "nn.functional.dropout", "nn.functional.alpha_dropout",
                            "nn.functional.feature_alpha_dropout"})
 
-# A wrapper subclass has no storage of its own: C++ composite code that reads a tensor argument's data directly
-# (not through an aten op) cannot read a TorchMLIRTensor. These OpInfos are not run.
-WRAPPER_LIMITS = {
-    "tensor_split": "reads the data of a tensor `indices_or_sections` argument in C++ composite code",
-}
+# OpInfos a TorchMLIRTensor cannot run (none since the wrapper shares its elem's storage: C++ composite code that
+# reads a tensor argument's data, as tensor_split does with a tensor of indices, reads the same memory).
+WRAPPER_LIMITS: Dict[str, str] = {}
 
 # Default tolerances of results in the low-precision float dtypes (torch.testing.assert_close's defaults for them).
 LOW_PRECISION = {torch.float16: dict(rtol=1e-3, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5)}

@@ -17,8 +17,8 @@ recorder = Recorder()
 
 class OpEntry:
     """Everything the hot path needs about one OpOverload, resolved once (OpOverload hashing is slow Python)."""
-    __slots__ = ("func", "plan", "fname", "check", "returns_list", "aliasing", "write_in_place", "plain", "inplace",
-                 "guard", "result_guard", "reads_own_view", "view_pairs", "view_of_self")
+    __slots__ = ("func", "plan", "fname", "check", "returns_list", "written", "write_in_place", "plain", "inplace",
+                 "guard", "result_guard", "reads_own_view", "view_of_self")
 
     def __init__(self, func):
         p = spec.plan(func)
@@ -38,12 +38,11 @@ class OpEntry:
         self.guard = validate.value_guard(p.functional, self.result_guard is not None) \
             if p.functional is not None else None
         self.returns_list = len(r) == 1 and str(r[0].type).startswith(("Tensor[]", "List[Tensor]"))
-        # Wrapper outputs need PyTorch's aliasing fix-up only where the schema says a result aliases an input.
-        self.aliasing = any(a.alias_info is not None for a in r) or bool(p.inplace or p.out_names)
-        # A view op (results alias inputs read-only, nothing written): the (argument, result) index pairs whose
-        # storages PyTorch's aliasing fix-up shares, done directly (return_and_correct_aliasing's general path
-        # costs ~1 us more a call; BERT's layer makes 35 view calls).
-        self.view_pairs = _view_pairs(func) if self.aliasing else None
+        # The arguments the op writes (positions, or names of keyword-only ones), for ops whose writes may change an
+        # argument's storage or metadata (set_, resize_, transpose_, out= that resizes, ...): the wrappers follow
+        # their elems afterwards (tensor._follow_writes). In-place ops with a functional variant (add_, relu_)
+        # write data only; views alias their input's storage through their elems: neither needs it.
+        self.written = () if p.inplace else _written(func)
         # VIEW_ONE / VIEW_LIST: a view (or _unsafe_view) of args[0], the op's only tensor argument, giving one tensor
         # or a list (view, t, expand, transpose, unbind, split, ...): the wrapper runs it without the general
         # unwrap, dispatcher and wrap (tensor.py), ~3 us of the ~11 such a call costs (BERT's layer makes 28).
@@ -56,17 +55,13 @@ class OpEntry:
         self.inplace = p.inplace
 
 
-def _view_pairs(func):
-    from torch.utils._python_dispatch import get_alias_info
-    try:
-        info = get_alias_info(func)
-    except Exception:
-        return None
-    if info.outs_write_aliases or info.is_inplace_view_op or not info.read_only_alias_match_indexes:
-        return None
-    if len(func._schema.returns) != 1 or str(func._schema.returns[0].type) != "Tensor":
-        return None            # one plain Tensor result (unbind, split: lists, left to the general path)
-    return tuple(a for a, _ in info.read_only_alias_match_indexes)
+def _written(func) -> tuple:
+    out, pos = [], 0
+    for a in func._schema.arguments:
+        if a.alias_info is not None and a.alias_info.is_write:
+            out.append(a.name if a.kwarg_only else pos)
+        pos += not a.kwarg_only
+    return tuple(out)
 
 
 VIEW_ONE, VIEW_LIST = 1, 2
@@ -198,7 +193,7 @@ def _no_partial_alias(dest, tensors, exact_ok: bool = True) -> bool:
 
 
 def _native(func, args, kwargs) -> list:
-    out = func(*args, **kwargs)
+    out = _native_call(func, args, kwargs)
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
@@ -256,19 +251,63 @@ def call(func, args: tuple, kwargs: dict):
 def call_entry(e: OpEntry, args: tuple, kwargs: dict):
     func, p = e.func, e.plan
     if p.native_reason is not None:
-        recorder.native(p.name, p.native_reason)
-        return func(*args, **kwargs)
+        return call_native(p, p.native_reason, func, args, kwargs)
     try:
         return _run_mlir(e, func, args, kwargs)
     except CompileFailure as exc:
         failure = exc
     except _NoTensorInput:
-        recorder.native(p.name, "no tensor input")
-        return func(*args, **kwargs)
+        failure = None
+    # Outside the handlers: PyTorch's own errors reach the user unchained.
+    if failure is None:
+        return call_native(p, "no tensor input", func, args, kwargs)
     log.debug("%s falls back (%s: %s)", p.name, failure.category, failure.reason)
+    if config._current.strict and failure.category != "meta":
+        _fell_back(p, failure)
+        raise StrictModeError(p.name, failure.category, failure.reason)
+    try:
+        out = _native_call(func, args, kwargs)
+    except Exception:
+        # Native raises too: the user's own error (a bad shape, an index out of range), neither coverage nor a gap.
+        recorder.user_error(p.name)
+        raise
+    _fell_back(p, failure)
+    if config._current.strict:             # meta refused what native ran
+        raise StrictModeError(p.name, failure.category, failure.reason)
+    return out
+
+
+def call_native(p, why: str, func, args, kwargs):
+    """A call native by design, recorded as such (or as the user's error, when it raises)."""
+    try:
+        out = func(*args, **kwargs) if why == "view" else _native_call(func, args, kwargs)
+    except Exception:
+        recorder.user_error(p.name)
+        raise
+    recorder.native(p.name, why)
+    return out
+
+
+def _fell_back(p, failure: CompileFailure) -> None:
     recorder.fallback(p.name, failure.category, failure.reason)
     if failure.repro:
         recorder.repro(p.name, failure.repro)
-    if config._current.strict:
-        raise StrictModeError(p.name, failure.category, failure.reason)
-    return func(*args, **kwargs)      # outside the handler: PyTorch's own errors reach the user unchained
+
+
+_K = torch._C.DispatchKey
+_LAZY_KEYS = torch._C.DispatchKeySet(_K.Conjugate) | torch._C.DispatchKeySet(_K.Negative) | \
+    torch._C.DispatchKeySet(_K.ZeroTensor)
+
+
+def _native_call(func, args, kwargs):
+    """func natively. A __torch_dispatch__ handler runs with the Conjugate, Negative and ZeroTensor keys excluded, so
+    a lazy conj view that a complex op's C++ takes internally (`mH` in linalg.pinv, polar, matrix_sqrth, lstsq) is
+    read unconjugated: wrong numbers (pytorch issue 198118, any TorchDispatchMode). Calls with a complex tensor run
+    with those keys back in force."""
+    if not any(isinstance(a, torch.Tensor) and a.is_complex() or
+               isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) and x.is_complex() for x in a)
+               for a in (*args, *kwargs.values())):
+        return func(*args, **kwargs)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(),
+                                         torch._C._dispatch_tls_local_exclude_set() - _LAZY_KEYS):
+        return func(*args, **kwargs)

@@ -13,6 +13,7 @@ class OpStats:
     mlir_calls: int = 0
     fallback_calls: int = 0
     native_calls: int = 0
+    user_errors: int = 0              # calls that raised natively too: the user's own error, not a gap
     cache_hits: int = 0
     compiles: int = 0
     compile_s: float = 0.0
@@ -27,12 +28,12 @@ class OpStats:
 
     @property
     def calls(self) -> int:
-        return self.mlir_calls + self.fallback_calls + self.native_calls
+        return self.mlir_calls + self.fallback_calls + self.native_calls + self.user_errors
 
     def to_dict(self) -> dict:
         return {"op": self.op, "calls": self.calls, "mlir_calls": self.mlir_calls,
                 "fallback_calls": self.fallback_calls, "native_calls": self.native_calls,
-                "cache_hits": self.cache_hits, "compiles": self.compiles,
+                "user_errors": self.user_errors, "cache_hits": self.cache_hits, "compiles": self.compiles,
                 "compile_s": round(self.compile_s, 6), "reasons": dict(self.reasons),
                 "fallback_by_category": dict(self.fallback_by_category),
                 "native_reason": self.native_reason, "verified": self.verified, "mismatches": self.mismatches,
@@ -57,6 +58,11 @@ class Recorder:
             row = self._row(op)
             row.native_calls += 1
             row.native_reason = row.native_reason or why
+
+    def user_error(self, op: str) -> None:
+        """A call that PyTorch itself refused (native raised): reported beside the share, never counted in it."""
+        with self._lock:
+            self._row(op).user_errors += 1
 
     def mlir(self, op: str, hit: bool) -> None:
         with self._lock:
@@ -114,8 +120,8 @@ class Report:
 
     def totals(self) -> dict:
         t = {k: sum(getattr(r, k) for r in self.rows)
-             for k in ("calls", "mlir_calls", "fallback_calls", "native_calls", "cache_hits", "compiles",
-                       "verified", "mismatches")}
+             for k in ("calls", "mlir_calls", "fallback_calls", "native_calls", "user_errors", "cache_hits",
+                       "compiles", "verified", "mismatches")}
         t["compile_s"] = round(sum(r.compile_s for r in self.rows), 6)
         decided = t["mlir_calls"] + t["fallback_calls"]
         t["mlir_share"] = t["mlir_calls"] / decided if decided else 1.0
@@ -143,7 +149,9 @@ class Report:
         line = (f"torch-mlir-eager: {100 * t['mlir_share']:.1f}% of {decided} calls through MLIR "
                 f"({t['mlir_calls']} MLIR, {t['fallback_calls']} fell back); "
                 f"native by design (views, random, no tensor in/out, dynamic shapes): {t['native_calls']} calls "
-                f"({100 * t['native_share']:.1f}% of all {t['calls']}); compile {t['compile_s']:.2f} s")
+                f"({100 * t['native_share']:.1f}% of all {t['calls']}); "
+                + (f"user errors (native raised the same): {t['user_errors']} calls; " if t["user_errors"] else "")
+                + f"compile {t['compile_s']:.2f} s")
         failed = self.fell_back()
         parts = [f"{r.op} ({r.fallback_calls}: {', '.join(sorted(r.fallback_by_category))})" for r in failed]
         return line + ". Op(s) not lowered: " + (", ".join(parts) if parts else "none")
@@ -155,6 +163,8 @@ class Report:
             why = "; ".join(f"{c}: {m}" for c, m in r.reasons.items())
             if r.native_calls and r.native_reason:
                 why = (why + "; " if why else "") + f"native: {r.native_reason}"
+            if r.user_errors:
+                why = (why + "; " if why else "") + f"user error: {r.user_errors} (native raised the same)"
             if r.mismatches:
                 why = f"verify: {r.mismatches} of {r.verified} differed (max abs {r.max_abs_err:.3g}, " \
                       f"rel {r.max_rel_err:.3g}); " + why
@@ -183,6 +193,8 @@ def markdown(d: dict) -> str:
         why = [f"{c} ({r['fallback_by_category'].get(c, 0)}): {m}" for c, m in r["reasons"].items()]
         if r["native_calls"] and r.get("native_reason"):
             why.append(f"native: {r['native_reason']}")
+        if r.get("user_errors"):
+            why.append(f"user error: {r['user_errors']} (native raised the same)")
         if r.get("mismatches"):
             why.insert(0, f"verify: {r['mismatches']} of {r['verified']} differed (max abs {r['max_abs_err']:.3g}, "
                           f"rel {r['max_rel_err']:.3g})")

@@ -1,22 +1,31 @@
-"""TorchMLIRTensor and the dispatch mode: unwrap -> dispatch.call -> wrap, keeping PyTorch's aliasing."""
+"""TorchMLIRTensor and the dispatch mode: unwrap -> dispatch.call -> wrap; outside dispatch the wrapper is a tensor."""
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode, return_and_correct_aliasing
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
 from . import dispatch
 from .spec import map_tensors
 
 _ENTRIES = dispatch._entries      # read inline on every call (dispatch.entry fills it)
+_DATA = torch._C.TensorBase.data  # PyTorch's own `.data` (get: a detached alias; set: set_data)
+_CPU = torch.device("cpu")
 
 
 class TorchMLIRTensor(torch.Tensor):
-    """A CPU tensor whose aten calls run through MLIR (or natively, recorded, when MLIR cannot)."""
+    """A CPU tensor whose aten calls run through MLIR (or natively, recorded, when MLIR cannot).
 
-    elem: torch.Tensor
-    __slots__ = ["elem"]
+    The wrapper and `elem`, the plain tensor each call runs on, are two views of one storage with the same sizes,
+    strides and lazy conj/neg bits (what `detach()` makes): C++ code that reads a tensor's memory outside dispatch
+    (composites such as `tensor_split` with a tensor of indices, DLPack, storages, `share_memory_`) reads `elem`'s.
+    Whatever replaces a tensor's data or metadata outside a kernel keeps the two one: `.data =`, `set_`, `resize_`,
+    out= resizes, `torch.utils.swap_tensors`, `nn.Module._apply` (`half()`, `to()`, ...), `load_state_dict`."""
+
+    elem: torch.Tensor   # in __dict__, not a slot: swap_tensors with a plain tensor needs the same (no) slots
 
     @staticmethod
     def __new__(cls, elem: torch.Tensor, *, requires_grad=None):
@@ -27,11 +36,10 @@ class TorchMLIRTensor(torch.Tensor):
         if elem.layout is not torch.strided:
             raise TypeError(f"TorchMLIRTensor wraps strided (dense) tensors, got {elem.layout}")
         rg = elem.requires_grad if requires_grad is None else requires_grad
-        r = torch.Tensor._make_wrapper_subclass(
-            cls, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(),
-            dtype=elem.dtype, layout=elem.layout, device=elem.device, requires_grad=rg)
-        _mirror_lazy_bits(r, elem)
-        r.elem = elem.detach() if elem.requires_grad else elem
+        if elem.requires_grad or type(elem) is not torch.Tensor:
+            elem = elem.detach()                      # a plain alias, no autograd history (a Parameter's too)
+        r = torch.Tensor._make_subclass(cls, elem, rg)
+        r.elem = elem
         return r
 
     def __repr__(self, *, tensor_contents=None):
@@ -49,68 +57,129 @@ class TorchMLIRTensor(torch.Tensor):
                        map_tensors(a, _unwrap_one) if isinstance(a, (list, tuple)) else a for a in args])
         ukwargs = map_tensors(kwargs, _unwrap_one) if kwargs else {}
         if e.inplace and type(args[0]) is TorchMLIRTensor:
-            # relu_, add_, ...: the result is the input wrapper itself, its data written in place (what PyTorch's
-            # return_and_correct_aliasing returns too, for ~12 us a call more).
+            # relu_, add_, ...: args[0]'s data written in place, its metadata unchanged; the result is the wrapper.
             dispatch.call_entry(e, uargs, ukwargs)
             return args[0]
-        out = _wrap_out(dispatch.call_entry(e, uargs, ukwargs))
-        if e.aliasing:
-            pairs = e.view_pairs
-            if pairs is not None and type(out) is TorchMLIRTensor and \
-                    all(type(args[i]) is TorchMLIRTensor for i in pairs):
-                for i in pairs:                     # what return_and_correct_aliasing does for a view
-                    torch._functionalize_unsafe_set(out, args[i])
-                return out
-            return return_and_correct_aliasing(func, args, kwargs or {}, out)
-        return out
+        out = dispatch.call_entry(e, uargs, ukwargs)
+        if e.written:
+            return _follow_writes(e, args, kwargs or {}, out)
+        return _wrap_out(out)
+
+    # ---- a tensor outside aten dispatch: what torch.Tensor does in Python or C++ without an aten call ----
+
+    @property
+    def data(self):
+        return _DATA.__get__(self)
+
+    @data.setter
+    def data(self, new):
+        """`p.data = t` (also what `Module._apply` does for `half()`, `to()`, ...): p shares t's storage, sizes
+        and dtype from now on, its elem too. PyTorch's own set_data checks the assignment and raises its errors."""
+        elem = new.elem if isinstance(new, TorchMLIRTensor) else new
+        _DATA.__set__(self, elem)
+        self.elem = elem.detach() if elem.requires_grad or type(elem) is not torch.Tensor else elem
+
+    @data.deleter
+    def data(self):
+        _DATA.__delete__(self)
+
+    def numpy(self, *, force: bool = False):
+        return _plain(self).numpy(force=force)
+
+    def tolist(self):
+        return self.elem.tolist()
+
+    def __array_wrap__(self, array, *rest):
+        return _wrap_one(torch.Tensor.__array_wrap__(self, array))
+
+    def __format__(self, format_spec):
+        if self.dim() == 0 and not self.is_meta:
+            return self.elem.item().__format__(format_spec)
+        return object.__format__(self, format_spec)
+
+    def __reduce_ex__(self, proto):
+        """Pickled (torch.save, pickle, multiprocessing) as the plain tensor (or nn.Parameter) it is: a checkpoint
+        of a wrapped model loads with the default torch.load (weights_only) anywhere, without this package."""
+        return _plain_copy_of(self).__reduce_ex__(proto)
+
+    def __deepcopy__(self, memo):
+        if id(self) in memo:
+            return memo[id(self)]
+        if not self.is_leaf:
+            return torch.Tensor.__deepcopy__(self, memo)       # PyTorch's own error for non-leaves
+        new = TorchMLIRTensor(copy.deepcopy(self.elem, memo), requires_grad=self.requires_grad)
+        if self.grad is not None:
+            new.grad = copy.deepcopy(self.grad, memo)
+        for k, v in self.__dict__.items():
+            if k != "elem":
+                setattr(new, k, copy.deepcopy(v, memo))
+        memo[id(self)] = new
+        return new
+
+    def module_load(self, other, assign=False):
+        """load_state_dict under torch.__future__.set_swap_module_params_on_conversion(True): an assigned value is
+        swapped in wrapped, so the module's parameter stays a TorchMLIRTensor (and the same Python object)."""
+        if assign:
+            return _wrap_one(other.detach())
+        return torch.Tensor.module_load(self, other, assign=False)
+
+
+def _plain(t: TorchMLIRTensor) -> torch.Tensor:
+    """`elem`, or an alias of it that requires grad as `t` does (so PyTorch's own checks, e.g. numpy()'s, apply)."""
+    return t.elem.detach().requires_grad_() if t.requires_grad else t.elem
+
+
+def _plain_copy_of(t: TorchMLIRTensor) -> torch.Tensor:
+    """A plain tensor sharing t's storage, with its requires_grad, parameter-ness and Python attributes."""
+    p = _plain(t)
+    state = {k: v for k, v in t.__dict__.items() if k not in ("elem", "_is_param")}
+    if t.__dict__.get("_is_param"):
+        p = nn.Parameter(t.elem, requires_grad=t.requires_grad)
+    elif p is t.elem and state:
+        p = p.detach()                 # attributes go on an alias, not on elem
+    p.__dict__.update(state)
+    return p
 
 
 def _view_of_self(e, func, args):
-    """A view of args[0] (dispatch.OpEntry.view_of_self), run natively by design: what call_entry, _wrap_out and the
-    aliasing fix-up below do for it, without their generality. The results share args[0]'s storage."""
-    a0 = args[0]
-    out = func(a0.elem, *args[1:])
+    """A view of args[0] (dispatch.OpEntry.view_of_self), run natively by design: what call_entry and _wrap_out do
+    for it, without their generality. The results share args[0]'s storage (their elems are views of its elem)."""
+    out = func(args[0].elem, *args[1:])
     dispatch.recorder.native(e.plan.name, "view")
     if e.view_of_self == dispatch.VIEW_ONE:
-        r = _from_result(out)
-        if e.aliasing:
-            torch._functionalize_unsafe_set(r, a0)
-        return r
-    rs = [_from_result(o) for o in out]
-    for r in rs:
-        torch._functionalize_unsafe_set(r, a0)
-    return type(out)(rs)
+        return _from_result(out)
+    return type(out)([_from_result(o) for o in out])
 
 
-def _mirror_lazy_bits(r: torch.Tensor, elem: torch.Tensor) -> None:
-    """Lazy conjugation/negation bits live on the tensor PyTorch's composite code sees: mirror them on the
-    wrapper, or a conj view would skip resolve_conj and give wrong numbers. Only complex tensors carry them."""
-    if elem.is_complex():
-        torch._C._set_conj(r, elem.is_conj())
-        torch._C._set_neg(r, elem.is_neg())
+def _follow_writes(e, args, kwargs, out):
+    """After an op that writes its arguments (set_, resize_, transpose_, out=, ...): each written wrapper takes its
+    elem's storage and metadata (set_ and resize_ replace them, an out= destination may be resized), and is what
+    the op returns where it returns that elem (PyTorch returns the argument itself)."""
+    same = {}
+    for i in e.written:
+        a = (args[i] if i < len(args) else None) if type(i) is int else kwargs.get(i)
+        for t in (a if isinstance(a, (list, tuple)) else (a,)):
+            if isinstance(t, TorchMLIRTensor):
+                _DATA.__set__(t, t.elem)
+                same[id(t.elem)] = t
+            elif isinstance(t, torch.Tensor):
+                same[id(t)] = t
+    return _map_out(out, same)
 
 
-_CPU = torch.device("cpu")
+def _map_out(out, same):
+    if isinstance(out, torch.Tensor):
+        w = same.get(id(out))
+        return _wrap_out(out) if w is None else w
+    if isinstance(out, (list, tuple)):
+        return type(out)(_map_out(o, same) for o in out)
+    return out
 
 
 def _from_result(elem: torch.Tensor) -> "TorchMLIRTensor":
-    """Wrap an op's plain strided result: no autograd history below dispatch, so no requires_grad to carry.
-    Hot path: each keyword given to _make_wrapper_subclass costs ~0.1-0.2 us, so a CPU result at offset 0 (every
-    kernel output) passes no offset or device, and no strides either where they must be the default ones
-    (contiguous with no size-1 dim, whose stride contiguity leaves free)."""
-    dtype = elem.dtype
-    if elem.is_cpu and not elem.storage_offset() and not dtype.is_complex:
-        shape = elem.shape
-        if elem.is_contiguous() and 1 not in shape:
-            r = torch.Tensor._make_wrapper_subclass(TorchMLIRTensor, shape, dtype=dtype, device=_CPU)
-        else:
-            r = torch.Tensor._make_wrapper_subclass(TorchMLIRTensor, shape, strides=elem.stride(), dtype=dtype,
-                                                    device=_CPU)
-    else:
-        r = torch.Tensor._make_wrapper_subclass(
-            TorchMLIRTensor, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(),
-            dtype=dtype, device=elem.device)
-        _mirror_lazy_bits(r, elem)
+    """Wrap an op's plain result (no autograd history below dispatch, so no requires_grad to carry): an alias of
+    its storage and metadata, made in C++ (cheaper than _make_wrapper_subclass with sizes, strides and device)."""
+    r = torch.Tensor._make_subclass(TorchMLIRTensor, elem)
     r.elem = elem
     return r
 
@@ -145,6 +214,33 @@ def enable() -> TorchDispatchMode:
     return _MLIRMode()
 
 
+# ---- modules ----
+
+def _keep_wrapped(module: nn.Module, name: str, value: torch.Tensor, table: str) -> None:
+    """A parameter or buffer of a wrapped module replaced by a plain tensor (load_state_dict(assign=True), or
+    `module.weight = nn.Parameter(t)`) becomes a TorchMLIRTensor in place, keeping its identity (an optimizer that
+    holds it still steps the module's tensor): what `wrap` did to the one it replaces. Where PyTorch refuses the
+    swap (weak references, other holders of its C++ tensor), or it has a .grad, it stays plain: its calls then run natively."""
+    old = module.__dict__.get(table, {}).get(name)
+    if not isinstance(old, TorchMLIRTensor) or isinstance(value, TorchMLIRTensor) or \
+            value.layout is not torch.strided or value.grad is not None:
+        return None
+    new = TorchMLIRTensor(value.detach())
+    if isinstance(value, nn.Parameter):
+        new = nn.Parameter(new, requires_grad=value.requires_grad)
+    try:
+        torch.utils.swap_tensors(value, new)
+    except RuntimeError:
+        pass
+    return None
+
+
+_HOOKS = (nn.modules.module.register_module_parameter_registration_hook(
+              lambda m, n, v: _keep_wrapped(m, n, v, "_parameters")),
+          nn.modules.module.register_module_buffer_registration_hook(
+              lambda m, n, v: _keep_wrapped(m, n, v, "_buffers")))
+
+
 def _swap_module_tensors(module: nn.Module, fn) -> nn.Module:
     memo = {}
     for m in module.modules():
@@ -169,8 +265,8 @@ def _wrap_one(t):
 
 
 def wrap(x):
-    """tensor -> TorchMLIRTensor; list/tuple/dict -> same structure wrapped; nn.Module -> wrapped in place.
-    Non-strided (sparse) tensors are left as they are."""
+    """tensor -> TorchMLIRTensor; list/tuple/dict -> same structure wrapped; nn.Module -> wrapped in place (a
+    parameter or buffer later replaced by a plain one is wrapped too). Non-strided (sparse) tensors stay plain."""
     if isinstance(x, nn.Module):
         return _swap_module_tensors(x, _wrap_one)
     return tree_map_only(torch.Tensor, _wrap_one, x)
