@@ -65,6 +65,10 @@ class KernelCache:
                     "evictions": self._kernels.evictions,
                     "negative_hits": self.negative_hits}
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread of the parent held at the fork would never be released."""
+        self._lock = threading.Lock()
+
     def clear(self) -> None:
         with self._lock:
             self._kernels.clear()

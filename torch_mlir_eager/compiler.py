@@ -241,6 +241,14 @@ class WorkerClient:
                 self._zygote.close()
                 self._zygote = None
 
+    def forget(self) -> None:
+        """In a forked child (a DataLoader worker, multiprocessing): the worker and zygote are the parent's. The
+        child must not use their inherited pipes (its requests and replies would interleave with the parent's, or
+        a sibling's, and a kernel qualified for one call could be taken for another) nor kill them at exit: it
+        drops them, untouched, and starts a worker of its own at its first compile."""
+        self._proc = self._stderr = self._zygote = self._zygote_stderr = None
+        self._lock = threading.Lock()
+
 
 _worker = WorkerClient()
 _cache: Optional[KernelCache] = None
@@ -295,6 +303,18 @@ class _InProcess:
 
 
 _in_process = _InProcess()
+
+
+def _after_fork_in_child() -> None:
+    global _cache_lock
+    _worker.forget()
+    _in_process._lock = threading.Lock()
+    _cache_lock = threading.Lock()
+    if _cache is not None:
+        _cache.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _compile(request: dict) -> dict:

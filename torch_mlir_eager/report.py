@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
+import weakref
 from typing import Dict
 
 
@@ -45,6 +47,12 @@ class Recorder:
 
     def __init__(self):
         self._rows: Dict[str, OpStats] = {}
+        self._lock = threading.Lock()
+        # a forked child (a DataLoader worker) counts on its own: a lock held in the parent at the fork is not kept
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: me() is not None and me()._new_lock())
+
+    def _new_lock(self) -> None:
         self._lock = threading.Lock()
 
     def _row(self, op: str) -> OpStats:

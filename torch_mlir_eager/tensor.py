@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
+from multiprocessing.reduction import ForkingPickler
 
 from . import dispatch
 from .spec import map_tensors
@@ -44,7 +45,8 @@ class TorchMLIRTensor(torch.Tensor):
 
     def __repr__(self, *, tensor_contents=None):
         grad = ", requires_grad=True" if self.requires_grad else ""
-        return f"TorchMLIRTensor({self.elem!r}{grad})"
+        param = "Parameter containing:\n" if self.__dict__.get("_is_param") else ""
+        return f"{param}TorchMLIRTensor({self.elem!r}{grad})"
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
@@ -86,6 +88,11 @@ class TorchMLIRTensor(torch.Tensor):
     def numpy(self, *, force: bool = False):
         return _plain(self).numpy(force=force)
 
+    def new(self, *args, **kwargs):
+        """The legacy constructor (`x.new(storage)`, `x.new(2, 3)`): a TorchMLIRTensor, like every result of an op
+        on one (DataLoader workers collate batches into `x.new(shared_storage)`)."""
+        return _wrap_one(self.elem.new(*args, **kwargs))
+
     def tolist(self):
         return self.elem.tolist()
 
@@ -102,9 +109,20 @@ class TorchMLIRTensor(torch.Tensor):
         of a wrapped model loads with the default torch.load (weights_only) anywhere, without this package."""
         return _plain_copy_of(self).__reduce_ex__(proto)
 
+    def __copy__(self):
+        """copy.copy: an alias of the same storage, as for a plain tensor (a Parameter stays one)."""
+        r = TorchMLIRTensor(self.elem, requires_grad=self.requires_grad)
+        r.__dict__.update((k, v) for k, v in self.__dict__.items() if k != "elem")
+        return r
+
     def __deepcopy__(self, memo):
         if id(self) in memo:
             return memo[id(self)]
+        if self.__dict__.get("_is_param"):            # nn.Parameter's own deepcopy: a clone of the data, no grad
+            new = nn.Parameter(TorchMLIRTensor(self.elem.clone(memory_format=torch.preserve_format)),
+                               self.requires_grad)
+            memo[id(self)] = new
+            return new
         if not self.is_leaf:
             return torch.Tensor.__deepcopy__(self, memo)       # PyTorch's own error for non-leaves
         new = TorchMLIRTensor(copy.deepcopy(self.elem, memo), requires_grad=self.requires_grad)
@@ -139,6 +157,21 @@ def _plain_copy_of(t: TorchMLIRTensor) -> torch.Tensor:
         p = p.detach()                 # attributes go on an alias, not on elem
     p.__dict__.update(state)
     return p
+
+
+def _rewrap(plain: torch.Tensor):
+    t = TorchMLIRTensor(plain)
+    return nn.Parameter(t, requires_grad=plain.requires_grad) if isinstance(plain, nn.Parameter) else t
+
+
+def _reduce_for_multiprocessing(t: TorchMLIRTensor):
+    """Between processes (DataLoader workers, multiprocessing queues) a TorchMLIRTensor arrives wrapped: its plain
+    tensor goes by torch's own shared-memory reduction and is wrapped again on arrival (that process imported
+    this package: it unpickles a batch of it)."""
+    return _rewrap, (_plain_copy_of(t),)
+
+
+ForkingPickler.register(TorchMLIRTensor, _reduce_for_multiprocessing)
 
 
 def _view_of_self(e, func, args):
@@ -198,12 +231,18 @@ def _wrap_out(out):
     return out
 
 
+# Types the mode runs as plain tensors: those with no __torch_dispatch__ of their own are plain below it (Parameter,
+# a lazy module's UninitializedParameter, a user's __torch_function__-only subclass).
+_PLAIN_TYPES = (torch.Tensor, nn.Parameter, TorchMLIRTensor)
+_NO_DISPATCH = torch.Tensor.__torch_dispatch__
+
+
 class _MLIRMode(TorchDispatchMode):
     """Plain tensors' aten calls go through the same path as TorchMLIRTensor's."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if any(t not in (torch.Tensor, nn.Parameter, TorchMLIRTensor) for t in types):
-            return NotImplemented      # another subclass (FakeTensor, ...) handles itself
+        if any(t not in _PLAIN_TYPES and t.__torch_dispatch__ is not _NO_DISPATCH for t in types):
+            return NotImplemented      # another dispatch subclass (FakeTensor, ...) handles itself
         if TorchMLIRTensor in types:   # here, not after NotImplemented: this mode stays off for our own calls
             return TorchMLIRTensor.__torch_dispatch__(func, types, args, kwargs)
         return dispatch.call(func, args, kwargs or {})
@@ -245,12 +284,12 @@ def _swap_module_tensors(module: nn.Module, fn) -> nn.Module:
     memo = {}
     for m in module.modules():
         for name, p in list(m._parameters.items()):
-            if p is not None:
+            if p is not None and not nn.parameter.is_lazy(p):     # a lazy module's, until its first forward
                 if id(p) not in memo:
                     memo[id(p)] = nn.Parameter(fn(p.data), requires_grad=p.requires_grad)
                 m._parameters[name] = memo[id(p)]
         for name, b in list(m._buffers.items()):
-            if b is not None:
+            if b is not None and not nn.parameter.is_lazy(b):
                 if id(b) not in memo:
                     memo[id(b)] = fn(b)
                 m._buffers[name] = memo[id(b)]

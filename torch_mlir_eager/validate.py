@@ -87,6 +87,10 @@ CHECKS: Dict[str, Callable[[dict], bool]] = {
 # importer.FORCED.)
 KNOWN_WRONG: Dict[str, Callable[[dict], bool]] = {
     "logcumsumexp": lambda a: True,
+    # they update running_mean and running_var in place although their schemas do not say so (training batch
+    # norm): a kernel computes their results only, and the running statistics would silently stay as they were
+    "native_batch_norm": lambda a: bool(a.get("training")) and a.get("running_mean") is not None,
+    "batch_norm_update_stats": lambda a: a.get("running_mean") is not None,
     # equal values come out in another order than PyTorch's (indices of ties differ), and a cheap check for ties
     # in the input does not exist
     "sort": lambda a: True,
