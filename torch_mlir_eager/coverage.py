@@ -37,6 +37,9 @@ TOLERANCES: Dict[tuple, dict] = {
     # 10 aten calls; the sum of squares of 125 values (~2800) differs by 1 ulp (16) from native's, the variance
     # then by 1.6%: 23.25 vs 22.875.
     ("masked.var", torch.bfloat16): dict(rtol=3e-2, atol=1e-5),
+    # the same in float16 on AMD EPYC hosts (native's own float16 sums round there otherwise than on Intel's):
+    # 28.1875 vs 28.21875, 2 ulp
+    ("masked.var", torch.float16): dict(rtol=2e-3, atol=1e-5),
     # native's _trilinear rounds each pairwise product to bfloat16 before summing; ours sums float32 products (the
     # exact value is closer to ours): 0.0078 apart on one of 5 outputs.
     ("nn.functional.bilinear", torch.bfloat16): dict(rtol=1.6e-2, atol=1e-2),

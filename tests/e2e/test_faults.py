@@ -78,3 +78,26 @@ def test_killed_worker_restarts():
     r = _sigmoid((9, 2))
     assert r["mlir_calls"] + r["fallback_calls"] == 1
     assert _sigmoid((9, 3))["mlir_calls"] == 1
+
+
+def test_a_forked_child_compiles_with_a_worker_of_its_own():
+    # A DataLoader worker is a fork: over the parent's inherited pipes, its requests and replies would interleave
+    # with the parent's (or a sibling's), and a kernel qualified for one call could be taken for another.
+    _sigmoid((3, 29))                       # the parent's worker is up
+    parent = compiler.worker()._proc
+    assert parent is not None and parent.poll() is None
+    pid = os.fork()
+    if pid == 0:                            # the child: a new worker, a right answer through MLIR
+        code = 1
+        try:
+            fresh = compiler.worker()._proc is None
+            tme.reset_report()
+            r = _sigmoid((3, 31))
+            code = 0 if fresh and r["mlir_calls"] == 1 and compiler.worker()._proc is not parent else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert parent.poll() is None and compiler.worker()._proc is parent     # the parent's own is untouched
+    tme.reset_report()
+    assert _sigmoid((3, 37))["mlir_calls"] == 1

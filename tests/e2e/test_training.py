@@ -29,3 +29,25 @@ def test_training_matches_native_with_backward_through_mlir(make, shape, backwar
     assert totals["mlir_share"] >= 0.9, rep
     through = {r["op"].split(".")[1] for r in rep.to_dict()["ops"] if r["mlir_calls"] and not r["fallback_calls"]}
     assert backward <= through, sorted(through)        # the backward ops too, not only the forward
+
+
+def test_training_batch_norm_updates_its_running_statistics():
+    # native_batch_norm writes running_mean and running_var although its schema does not say so: a kernel that
+    # computes only its results left them as they were (and eval afterwards used the stale ones)
+    import torch_mlir_eager as tme
+    from helpers import row
+
+    def run(wrap):
+        torch.manual_seed(0)
+        bn = torch.nn.BatchNorm2d(4)
+        x = torch.randn(2, 4, 5, 5)
+        m = tme.wrap(bn) if wrap else bn
+        out = m(tme.wrap(x) if wrap else x)
+        y = m.eval()(tme.wrap(x + 1) if wrap else x + 1)
+        return [tme.unwrap(t) for t in (out, m.running_mean, m.running_var, m.num_batches_tracked, y)]
+
+    want = run(False)
+    tme.reset_report()
+    got = run(True)
+    torch.testing.assert_close(got, want)
+    assert row("aten.native_batch_norm.default")["mlir_calls"] == 1          # eval: through MLIR
