@@ -14,7 +14,6 @@ from .spec import map_tensors
 
 _ENTRIES = dispatch._entries      # read inline on every call (dispatch.entry fills it)
 _DATA = torch._C.TensorBase.data  # PyTorch's own `.data` (get: a detached alias; set: set_data)
-_CPU = torch.device("cpu")
 
 
 class TorchMLIRTensor(torch.Tensor):
@@ -255,22 +254,40 @@ def enable() -> TorchDispatchMode:
 
 # ---- modules ----
 
+def _converted(t: torch.Tensor, fn, or_new: bool) -> torch.Tensor:
+    """t wrapped or unwrapped (`fn`), as the same Python object where PyTorch lets torch.utils.swap_tensors change
+    it in place (so an optimizer, or a user, holding t holds the module's tensor still), its .grad converted along;
+    where PyTorch refuses (weak references, other holders of its C++ tensor): a new object (`or_new`), or t as it
+    was."""
+    new = fn(t.detach())
+    param = isinstance(t, nn.Parameter)
+    if param:
+        new = nn.Parameter(new, requires_grad=t.requires_grad)
+    grad = t.grad if param else None
+    try:
+        if grad is not None:
+            t.grad = None                  # a .grad holds the tensor too: swap_tensors would refuse
+        torch.utils.swap_tensors(t, new)
+    except RuntimeError:
+        if grad is not None:
+            t.grad = grad
+        if not or_new:
+            return t
+        t = new
+    if grad is not None:
+        t.grad = fn(grad)
+    return t
+
+
 def _keep_wrapped(module: nn.Module, name: str, value: torch.Tensor, table: str) -> None:
     """A parameter or buffer of a wrapped module replaced by a plain tensor (load_state_dict(assign=True), or
-    `module.weight = nn.Parameter(t)`) becomes a TorchMLIRTensor in place, keeping its identity (an optimizer that
-    holds it still steps the module's tensor): what `wrap` did to the one it replaces. Where PyTorch refuses the
-    swap (weak references, other holders of its C++ tensor), or it has a .grad, it stays plain: its calls then run natively."""
+    `module.weight = nn.Parameter(t)`) is wrapped in place, as `wrap` did to the one it replaces. It stays plain
+    (its calls then run natively) where it cannot be changed in place: a new object in the module would leave an
+    optimizer that holds the user's one stepping a tensor the module no longer uses."""
     old = module.__dict__.get(table, {}).get(name)
-    if not isinstance(old, TorchMLIRTensor) or isinstance(value, TorchMLIRTensor) or \
-            value.layout is not torch.strided or value.grad is not None:
-        return None
-    new = TorchMLIRTensor(value.detach())
-    if isinstance(value, nn.Parameter):
-        new = nn.Parameter(new, requires_grad=value.requires_grad)
-    try:
-        torch.utils.swap_tensors(value, new)
-    except RuntimeError:
-        pass
+    if isinstance(old, TorchMLIRTensor) and not isinstance(value, TorchMLIRTensor) and \
+            value.layout is torch.strided:
+        _converted(value, _wrap_one, or_new=False)
     return None
 
 
@@ -281,18 +298,17 @@ _HOOKS = (nn.modules.module.register_module_parameter_registration_hook(
 
 
 def _swap_module_tensors(module: nn.Module, fn) -> nn.Module:
+    """Each parameter and buffer of module and its submodules converted by fn, in place where PyTorch allows
+    (`_converted`); a tensor tied to several places is converted once."""
     memo = {}
     for m in module.modules():
-        for name, p in list(m._parameters.items()):
-            if p is not None and not nn.parameter.is_lazy(p):     # a lazy module's, until its first forward
-                if id(p) not in memo:
-                    memo[id(p)] = nn.Parameter(fn(p.data), requires_grad=p.requires_grad)
-                m._parameters[name] = memo[id(p)]
-        for name, b in list(m._buffers.items()):
-            if b is not None and not nn.parameter.is_lazy(b):
-                if id(b) not in memo:
-                    memo[id(b)] = fn(b)
-                m._buffers[name] = memo[id(b)]
+        for table in (m._parameters, m._buffers):
+            for name, t in list(table.items()):
+                if t is None or nn.parameter.is_lazy(t):      # a lazy module's, until its first forward
+                    continue
+                if id(t) not in memo:
+                    memo[id(t)] = _converted(t, fn, or_new=True)
+                table[name] = memo[id(t)]
     return module
 
 
@@ -304,8 +320,9 @@ def _wrap_one(t):
 
 
 def wrap(x):
-    """tensor -> TorchMLIRTensor; list/tuple/dict -> same structure wrapped; nn.Module -> wrapped in place (a
-    parameter or buffer later replaced by a plain one is wrapped too). Non-strided (sparse) tensors stay plain."""
+    """tensor -> TorchMLIRTensor; list/tuple/dict -> same structure wrapped; nn.Module -> its parameters and buffers
+    wrapped in place, each the same Python object where PyTorch allows (an optimizer made before still steps them);
+    one later replaced by a plain tensor is wrapped too. Non-strided (sparse) tensors stay plain."""
     if isinstance(x, nn.Module):
         return _swap_module_tensors(x, _wrap_one)
     return tree_map_only(torch.Tensor, _wrap_one, x)

@@ -288,6 +288,27 @@ def test_a_replaced_parameter_stays_wrapped_and_keeps_its_identity(way):
     same(run, way)
 
 
+def test_an_optimizer_made_before_wrap_trains_the_wrapped_model(way):
+    def run(w):
+        m = _convnet()
+        held = m[4].weight
+        opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        with w.scope():
+            m(w(_image())).sum().backward()                  # grads exist before the wrap, and are kept
+        m = w(m)
+        assert m[4].weight is held
+        for _ in range(2):
+            with w.scope():
+                m(w(_image())).sum().backward()
+                opt.step()
+        if w.wraps:
+            _all_wrapped(m)
+            tme.unwrap(m)
+            assert type(held) is nn.Parameter and m[4].weight is held
+        return [p.detach() for p in m.parameters()]
+    same(run, way)
+
+
 def test_tensor_split_with_a_wrapped_tensor_of_indices(way):
     # composites that read a tensor argument's data in C++ (not through an aten op)
     def run(w):
