@@ -89,7 +89,10 @@ def _run(fn, sample, wrap: bool):
     if wrap:
         inp, args, kwargs = wrap_((inp, args, kwargs))
     torch.manual_seed(0)
-    return unwrap(fn(inp, *args, **kwargs))
+    out = fn(inp, *args, **kwargs)
+    # the arguments too: what the call wrote into them (in place, out=, or undeclared: training batch norm's
+    # running statistics) is compared with what native wrote
+    return unwrap((out, inp, args, kwargs))
 
 
 def _difference(name: str, got, want) -> Optional[str]:
