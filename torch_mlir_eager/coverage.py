@@ -92,7 +92,7 @@ def _run(fn, sample, wrap: bool):
     out = fn(inp, *args, **kwargs)
     # the arguments too: what the call wrote into them (in place, out=, or undeclared: training batch norm's
     # running statistics) is compared with what native wrote
-    return unwrap((out, inp, args, kwargs))
+    return unwrap((out, inp, [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]))
 
 
 def _difference(name: str, got, want) -> Optional[str]:

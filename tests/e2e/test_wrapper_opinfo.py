@@ -47,7 +47,8 @@ def _run(fn, sample, wrap: bool):
     if wrap:
         inp, args, kwargs = tme.wrap((inp, args, kwargs))
     torch.manual_seed(0)
-    return tme.unwrap((fn(inp, *args, **kwargs), inp, args, kwargs))
+    out = fn(inp, *args, **kwargs)
+    return tme.unwrap((out, inp, [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]))
 
 
 def _check(op, dtype):
