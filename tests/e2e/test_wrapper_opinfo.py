@@ -15,9 +15,8 @@ import warnings
 
 import pytest
 import torch
-from torch.utils._pytree import tree_leaves, tree_map_only
+from torch.utils._pytree import tree_leaves
 
-import torch_mlir_eager as tme
 from torch_mlir_eager import coverage, dispatch
 from torch_mlir_eager.errors import CompileFailure
 
@@ -42,15 +41,6 @@ def no_kernels(monkeypatch):
     monkeypatch.setattr(dispatch, "_run_mlir", native_only)
 
 
-def _run(fn, sample, wrap: bool):
-    inp, args, kwargs = tree_map_only(torch.Tensor, lambda t: t.clone(), (sample.input, sample.args, sample.kwargs))
-    if wrap:
-        inp, args, kwargs = tme.wrap((inp, args, kwargs))
-    torch.manual_seed(0)
-    out = fn(inp, *args, **kwargs)
-    return tme.unwrap((out, inp, [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]))
-
-
 def _check(op, dtype):
     name = coverage.name_of(op)
     torch.manual_seed(1234)
@@ -64,13 +54,13 @@ def _check(op, dtype):
         for i, s in enumerate(samples):
             where = f"{name} {dtype} {variant} sample {i}"
             try:
-                want = _run(fn, s, wrap=False)
+                want = coverage._run(fn, s, wrap=False)
             except Exception as e:
                 with pytest.raises(Exception) as ours:
-                    _run(fn, s, wrap=True)
+                    coverage._run(fn, s, wrap=True)
                 assert type(ours.value) is type(e), f"{where}: native raised {type(e).__name__}: {e}"
                 continue
-            got = _run(fn, s, wrap=True)
+            got = coverage._run(fn, s, wrap=True)
             if name in UNCOMPARABLE:
                 got, want = [[(t.shape, t.dtype) for t in tree_leaves(x) if isinstance(t, torch.Tensor)]
                              for x in (got, want)]
