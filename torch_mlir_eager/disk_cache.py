@@ -11,7 +11,6 @@ Entries are evicted oldest-used first once the root holds more than `disk_cache_
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -19,12 +18,15 @@ import os
 import shutil
 import tempfile
 import threading
+from importlib import metadata
 from typing import Optional
 
 import torch
 
 from . import config
-from .kernel import linker, load_library
+from .host import cpu_flags, linker
+from .kernel import Kernel, TensorMeta, load_library
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -60,34 +62,30 @@ def _safe_dir(path: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
 def _sources_hash() -> str:
+    """The package's own sources (subpackages included), hashed: a kernel compiled by other code is not reused."""
     h = hashlib.sha256()
-    for name in sorted(os.listdir(_PKG_DIR)):
-        if name.endswith(".py"):
-            with open(os.path.join(_PKG_DIR, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
+    for root, dirs, files in sorted(os.walk(_PKG_DIR)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    h.update(os.path.relpath(path, _PKG_DIR).encode() + b"\0" + f.read())
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((l for l in f if l.startswith("flags")), "")
-    except OSError:
-        return ""
+
+
 
 
 def env_id(threads: int, schedules: bool) -> str:
     """Everything besides the call that decides a kernel's code, hashed."""
-    from importlib import metadata
     try:
         tm = metadata.version("torch-mlir")
     except metadata.PackageNotFoundError:
         tm = "?"
-    from . import __version__
-    parts = [f"format {FORMAT}", __version__, _sources_hash(), torch.__version__, tm, _cpu_flags(),
+    parts = [f"format {FORMAT}", __version__, _sources_hash(), torch.__version__, tm, cpu_flags(),
              f"threads {threads}", f"schedules {schedules}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
@@ -117,7 +115,6 @@ class DiskCache:
 
     def load(self, env: str, key):
         """The kernel stored for key, or None (absent, unreadable or corrupt: a corrupt entry is removed)."""
-        from .kernel import Kernel
         text = key_text(key)
         if text is None:
             return None
@@ -269,7 +266,6 @@ def _meta_json(m) -> Optional[dict]:
 
 
 def _meta(j):
-    from .kernel import TensorMeta
     if j is None:
         return None
     dtype = getattr(torch, j["dtype"])

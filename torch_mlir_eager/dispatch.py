@@ -6,8 +6,9 @@ import math
 import time
 
 import torch
+from torch.utils._python_dispatch import get_alias_info
 
-from . import compiler, config, spec, validate
+from . import compiler, config, repro, spec, validate
 from .errors import CompileFailure, StrictModeError
 from .report import Recorder
 
@@ -68,7 +69,6 @@ VIEW_ONE, VIEW_LIST = 1, 2
 
 
 def _view_of_self(func) -> int:
-    from torch.utils._python_dispatch import get_alias_info
     args, rets = func._schema.arguments, func._schema.returns
     if not args or str(args[0].type) != "Tensor" or any("Tensor" in str(a.type) for a in args[1:]) or len(rets) != 1:
         return 0
@@ -200,14 +200,12 @@ def _native(func, args, kwargs) -> list:
 def _verified(p, key, kernel, args, kwargs, outs, want) -> bool:
     """Whether the kernel's results equal native's (within the tolerance kernels are qualified with). A kernel
     that differs is dropped from the cache and its key marked failed; the report gets the op's max errors."""
-    from .worker import tolerance
-    import torch
     recorder.verified(p.name)
     for got, w in zip(outs, want):
         if got is None or w is None:
             continue
         try:
-            torch.testing.assert_close(got, w, equal_nan=True, check_stride=False, **tolerance(p.functional, w))
+            torch.testing.assert_close(got, w, equal_nan=True, check_stride=False, **validate.tolerance(p.functional, w))
         except AssertionError as e:
             abs_err, rel_err = _errors(got, w)
             reason = f"verify: max abs error {abs_err:.3g}, max rel error {rel_err:.3g} " \
@@ -215,7 +213,6 @@ def _verified(p, key, kernel, args, kwargs, outs, want) -> bool:
             failure = CompileFailure("mismatch", reason)
             recorder.mismatch(p.name, abs_err, rel_err, reason)
             if config._current.dump_dir:
-                from . import repro
                 failure.repro = repro.write(repro.directory(config._current.dump_dir, p.name, key), p.functional,
                                             args, kwargs, "mismatch", reason, key, llvm_ir=kernel.llvm_ir)
                 recorder.repro(p.name, failure.repro)
@@ -227,7 +224,6 @@ def _verified(p, key, kernel, args, kwargs, outs, want) -> bool:
 
 
 def _errors(got, want) -> tuple:
-    import torch
     if got.shape != want.shape:
         return math.inf, math.inf
     g, w = got.detach().double(), want.detach().double()

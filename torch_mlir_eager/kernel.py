@@ -1,20 +1,27 @@
 """A JIT-compiled kernel: LLVM-dialect text -> ExecutionEngine; torch tensors passed as memref descriptors, in place."""
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import functools
 import math
 import os
 import struct
-import sys
+import subprocess
+import tempfile
 import threading
 import weakref
 from typing import Callable, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .errors import CompileFailure
-from .lowering import SCRATCH_SYMBOL
+from .host import avx512, linker, openmp_runtime
+
+# The name of a kernel's static scratch buffers (build.rewrites.static_scratch): a kernel whose code has one is not
+# re-entrant, so it runs under a lock.
+SCRATCH_SYMBOL = "tme_scratch"
 
 # torch dtype -> MLIR element type as torch-mlir emits it at the Linalg level (signless integers).
 MLIR_ELEMENT = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16",
@@ -64,14 +71,6 @@ class TensorMeta:
 _jit_lock = threading.Lock()
 
 
-def openmp_runtime():
-    """The LLVM-ABI OpenMP runtime (`__kmpc_*`) that threaded kernels call: PyPI's intel-openmp puts it in the
-    environment's lib/. None when absent (threaded schedules are then not used)."""
-    for base in (sys.prefix, sys.base_prefix):
-        path = os.path.join(base, "lib", "libiomp5.so")
-        if os.path.exists(path):
-            return path
-    return None
 
 
 def _shared_libs(llvm_ir: str) -> list:
@@ -112,7 +111,6 @@ def _wide_vectors(module) -> None:
     and erf expansions, reductions): its default for these CPUs is 256 bits. Explicit vector code (the GEMM tiles)
     is 512-bit either way."""
     from torch_mlir import ir
-    from .schedules import avx512
     if not avx512():
         return
     attr = ir.Attribute.parse('[["prefer-vector-width", "512"]]')
@@ -156,18 +154,12 @@ def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], se
                       "def call(tensors, outs=None):", *body])
 
 
-@functools.lru_cache(maxsize=1)
-def linker() -> Optional[str]:
-    import shutil
-    return shutil.which("ld")
 
 
 def link_library(kernel: "Kernel") -> Optional[bytes]:
     """The kernel's JIT object code linked into a shared library (its bytes), or None (no linker, or it failed).
     Loading that library (`load_library`, ~0.3 ms) replaces a second JIT compile (a ResNet conv: ~70 ms) in the
     parent process and in later processes (disk_cache)."""
-    import subprocess
-    import tempfile
     ld, ee = linker(), kernel.engine
     if ld is None or ee is None or not hasattr(ee, "dump_to_object_file"):
         return None
@@ -191,7 +183,6 @@ def load_library(data: bytes) -> Optional[tuple]:
     """(None, None, library, address of the packed entry point) for Kernel(engine=...), from a library's bytes;
     None when it does not load here (a symbol the loader cannot resolve: the IR is then JIT-compiled). Each load
     is a private copy: two kernels must not share a library's static scratch buffers."""
-    import tempfile
     fd, tmp = tempfile.mkstemp(prefix="tme-kernel-", suffix=".so")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -206,7 +197,6 @@ def load_library(data: bytes) -> Optional[tuple]:
 
 
 def _dlclose(handle: int) -> None:
-    import _ctypes
     try:
         _ctypes.dlclose(handle)
     except OSError:
@@ -223,7 +213,6 @@ _NUMPY_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.in
 def _dense(t: torch.Tensor) -> torch.Tensor:
     """A contiguous copy of t."""
     if t.dtype in _NUMPY_DTYPES and not t.is_conj() and not t.is_neg():
-        import numpy as np
         return torch.from_numpy(np.ascontiguousarray(t.detach().numpy()))
     return t.contiguous()
 
@@ -232,7 +221,6 @@ def _restride(out: torch.Tensor, m: TensorMeta) -> torch.Tensor:
     """A contiguous kernel output copied into the native result's strides."""
     r = torch.empty_strided(m.shape, m.strides, dtype=m.dtype)
     if m.dtype in _NUMPY_DTYPES:
-        import numpy as np
         np.copyto(r.numpy(), out.numpy())
         return r
     return r.copy_(out)

@@ -9,12 +9,13 @@ command that runs the failing stage's pass pipeline on its input (or call.py whe
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shlex
 import sys
 from typing import Optional
 
-from . import lowering
+import torch
 
 
 def directory(dump_dir: str, op: str, key) -> str:
@@ -25,7 +26,6 @@ def directory(dump_dir: str, op: str, key) -> str:
 
 
 def torch_mlir_opt() -> str:
-    import importlib.util
     spec = importlib.util.find_spec("torch_mlir")
     base = list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else ""
     return os.path.join(base, "_mlir_libs", "torch-mlir-opt")
@@ -42,19 +42,19 @@ def _stage_command(d: str, category: str) -> tuple:
             pass
     pre = "decomposed." if stage.startswith("decomposed.") else ""
     name = stage[len(pre):]
-    if name == "lowering":
-        return stage, pre + "torch.mlir", lowering.pipeline_text(lowering.TORCH_TO_LINALG)
-    if name == "llvm":
-        # `to_llvm` also marks the inputs read-only and runs two buffer rewrites in the middle (Python, not passes)
-        return stage, pre + "linalg.mlir", lowering.pipeline_text(
-            lowering.FUSE + [p for p in lowering.LINALG_TO_LLVM if p != lowering.BUFFER_REWRITES])
-    return stage, None, None
+    src = {"lowering": "torch.mlir", "llvm": "linalg.mlir"}.get(name)
+    if src is None:
+        return stage, None, None
+    try:        # the worker wrote the pipelines it runs (build/lowering.REPLAY)
+        with open(os.path.join(d, name + ".pipeline")) as f:
+            return stage, pre + src, f.read()
+    except OSError:
+        return stage, None, None
 
 
 def write(d: str, func, args, kwargs, category: str, reason: str, key, llvm_ir: Optional[str] = None) -> str:
     """Fill the key's directory after its failure; returns it. Never raises (a repro must not cost the call)."""
     try:
-        import torch
         if llvm_ir is not None:
             with open(os.path.join(d, "llvm.mlir"), "w") as f:
                 f.write(llvm_ir)

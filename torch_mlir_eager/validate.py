@@ -1,4 +1,4 @@
-"""Index checks for ops that read memory at data-dependent positions: a bad index must never reach a kernel.
+"""Which calls are safe to compile and run compiled (index ranges, values kernels get wrong), and how close is equal.
 
 A compiled kernel does no bounds checks, so an out-of-range index would read or write outside a buffer. Before each
 such call the indices are checked here; a call that fails the check runs natively (PyTorch raises its own error).
@@ -9,6 +9,7 @@ import functools
 import math
 from typing import Callable, Dict, Optional
 
+import numpy as np
 import torch
 
 # Schema argument names that hold positions into another tensor.
@@ -81,6 +82,12 @@ CHECKS: Dict[str, Callable[[dict], bool]] = {
 }
 
 
+# Limits of our decompositions' unrolled loops (decompositions/special.py, polynomials.py): a call beyond them runs
+# natively (KNOWN_WRONG below).
+ZETA_MIN_Q = -32.0          # zeta's sum runs while q + i <= 9: a negative q below this runs natively
+POLY_MAX_DEGREE = 16
+
+
 # Ops that torch-mlir 20261001 lowers to kernels whose wrong answers depend on the values (found by the one-op
 # sweep in shared notes): a first matching run does not prove later ones right, so they always run natively.
 # (softshrink, renorm and tanh-gelu were here: they now compile through our own decompositions only, see
@@ -100,16 +107,16 @@ KNOWN_WRONG: Dict[str, Callable[[dict], bool]] = {
     "max_unpool3d": lambda a: True,
     "_embedding_bag_forward_only": lambda a: True,
     "_embedding_bag": lambda a: True,
-    # computed by the C library (importer._libm), whose Bessel functions and PyTorch's own agree (1e-4 float32,
+    # computed by the C library (decompositions.libm), whose Bessel functions and PyTorch's own agree (1e-4 float32,
     # 1e-7 float64) only up to |x| = 65536 in float32 and 5 in float64 (measured over 60,000 arguments); beyond
     # that, or for a NaN or an infinity, the call runs natively
     **{f"special_bessel_{n}": lambda a: _beyond(a.get("self"), 65536.0, 5.0) for n in ("j0", "j1", "y0", "y1")},
     # Hurwitz zeta's sum runs until q + i > 9: a negative non-integer q (polygamma's x) needs more terms than
-    # our kernels unroll (importer._zeta64)
+    # our kernels unroll (decompositions.special._zeta64)
     "special_zeta": lambda a: _zeta_long_sum(a.get("self"), a.get("other")),
     "polygamma": lambda a: a.get("n", 0) >= 2 and _negative_fraction(a.get("self")),
     "special_polygamma": lambda a: a.get("n", 0) >= 2 and _negative_fraction(a.get("self")),
-    # orthogonal polynomials: our kernels unroll the recurrence up to importer.POLY_MAX_DEGREE
+    # orthogonal polynomials: our kernels unroll the recurrence up to POLY_MAX_DEGREE
     **{f"special_{name}_polynomial_{k}": lambda a: _degree_beyond(a.get("n"))
        for name, kinds in (("chebyshev", "tuvw"), ("shifted_chebyshev", "tuvw"), ("hermite", ("h", "he")),
                            ("laguerre", "l"), ("legendre", "p")) for k in kinds},
@@ -118,7 +125,6 @@ KNOWN_WRONG: Dict[str, Callable[[dict], bool]] = {
 
 def _array(v):
     """A tensor's (or a Python number's) values as a numpy array; half types and integers as float64."""
-    import numpy as np
     if isinstance(v, torch.Tensor):
         v = v.detach()
         return (v if v.dtype in (torch.float32, torch.float64) else v.double()).numpy()
@@ -126,28 +132,23 @@ def _array(v):
 
 
 def _fraction_below(a, limit: float):
-    import numpy as np
     return (a < limit) & (a != np.floor(a))
 
 
 def _negative_fraction(q) -> bool:
-    """q holds a non-integer below importer.ZETA_MIN_Q (zeta's sum over it is longer than our kernels unroll)."""
-    from .importer import ZETA_MIN_Q
+    """q holds a non-integer below ZETA_MIN_Q (zeta's sum over it is longer than our kernels unroll)."""
     return bool(_fraction_below(_array(q), ZETA_MIN_Q).any())
 
 
 def _zeta_long_sum(x, q) -> bool:
-    """Some zeta(x, q) element reaches the sum with a non-integer q below importer.ZETA_MIN_Q: x an integer above 1
+    """Some zeta(x, q) element reaches the sum with a non-integer q below ZETA_MIN_Q: x an integer above 1
     (every other x gives NaN or inf before the sum)."""
-    import numpy as np
-    from .importer import ZETA_MIN_Q
     xa, qa = np.broadcast_arrays(_array(x), _array(q))
     return bool((_fraction_below(qa, ZETA_MIN_Q) & (xa > 1) & (xa == np.floor(xa))).any())
 
 
 def _degree_beyond(n) -> bool:
-    """A degree that truncates past importer.POLY_MAX_DEGREE (or below minus it), or is not finite."""
-    from .importer import POLY_MAX_DEGREE
+    """A degree that truncates past POLY_MAX_DEGREE (or below minus it), or is not finite."""
     a = _array(n)
     return a.size > 0 and not bool(abs(a).max() < POLY_MAX_DEGREE + 1)
 
@@ -320,7 +321,6 @@ def has_nonfinite(tensors) -> bool:
     whose sum overflows only sends a call PyTorch's way). The sum is numpy's, on this thread: a torch reduction would
     wake torch's own thread pool, whose spinning threads then slow the next MLIR kernels down for milliseconds (the
     BERT layer went from 2.2x to 5.3x native with torch.sum here)."""
-    import numpy as np
     for t in tensors:
         if t.is_floating_point() and t.numel():
             if t.dtype in _NUMPY_FLOATS:
@@ -332,3 +332,26 @@ def has_nonfinite(tensors) -> bool:
 
 
 _NUMPY_FLOATS = frozenset({torch.float32, torch.float64, torch.float16})
+
+
+# Contractions: a sum over K products in another order (blocked GEMM, oneDNN's conv algorithms) differs from
+# native by ~eps * sqrt(K) * |term|, i.e. a few eps times the output's RMS, which exceeds a fixed atol once K is a
+# few hundred. For these ops atol is 1e-5 (f32) times the output's RMS: ~16x above the typical reordering error,
+# while a wrong kernel errs by O(RMS) and still fails.
+CONTRACTIONS = frozenset({"aten.mm.default", "aten.addmm.default", "aten.bmm.default", "aten.baddbmm.default",
+                          "aten.addbmm.default", "aten.mv.default", "aten.addmv.default", "aten.dot.default",
+                          "aten.vdot.default", "aten.convolution.default", "aten._convolution.default",
+                          "aten.convolution_backward.default", "aten.linear.default", "aten.matmul.default",
+                          "aten.tensordot.default", "aten.einsum.default", "aten._native_multi_head_attention.default"})
+
+
+def tolerance(func, want) -> dict:
+    """rtol/atol for qualifying a kernel against native PyTorch: tight, by dtype; integers and bools exact."""
+    tol = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-7, atol=1e-7),
+           torch.float16: dict(rtol=1e-3, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5),
+           }.get(want.dtype, dict(rtol=0, atol=0))
+    if str(func) in CONTRACTIONS and want.is_floating_point() and want.numel():
+        rms = float(want.detach().double().pow(2).mean().sqrt())
+        if rms == rms:        # not NaN
+            tol["atol"] = max(tol["atol"], tol["atol"] * rms)
+    return tol
