@@ -13,9 +13,13 @@ import os
 import runpy
 import sys
 
+import torch_mlir_eager as tme
+
+from . import disk_cache
+from .report import markdown
+
 
 def _run(a) -> int:
-    import torch_mlir_eager as tme
     sys.argv = [a.script] + a.args
     sys.path.insert(0, os.path.dirname(os.path.abspath(a.script)))
     kw = {"verify": a.verify, "strict": a.strict}
@@ -37,14 +41,12 @@ def _run(a) -> int:
 
 
 def _report(a) -> int:
-    from .report import markdown
     with open(a.file) as f:
         print(markdown(json.load(f)), end="")
     return 0
 
 
 def _cache(a) -> int:
-    from . import disk_cache
     d = disk_cache.get()
     if d is None:
         print(f"disk cache off ({disk_cache.root() or 'TORCH_MLIR_EAGER_DISK_CACHE=0'})")

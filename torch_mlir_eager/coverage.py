@@ -16,6 +16,10 @@ from typing import Dict, List, Optional
 import torch
 from torch.utils._pytree import tree_leaves, tree_map_only
 
+from . import report, reset_report
+from .tensor import unwrap
+from .tensor import wrap as wrap_
+
 # OpInfos whose outputs are undefined (uninitialized memory): compared by shape and dtype only.
 UNINITIALIZED = frozenset({"empty", "empty_like", "new_empty", "new_empty_strided", "empty_strided",
                            "empty_permuted", "nn.functional.dropout", "nn.functional.alpha_dropout",
@@ -84,7 +88,6 @@ def ops_for(dtype: torch.dtype) -> list:
 
 
 def _run(fn, sample, wrap: bool):
-    from . import unwrap, wrap as wrap_
     inp, args, kwargs = tree_map_only(torch.Tensor, lambda t: t.clone(), (sample.input, sample.args, sample.kwargs))
     if wrap:
         inp, args, kwargs = wrap_((inp, args, kwargs))
@@ -115,7 +118,6 @@ def _difference(name: str, got, want) -> Optional[str]:
 def run_op(op, dtype: torch.dtype = torch.float32, samples: int = 3) -> OpResult:
     """The first `samples` CPU samples of one OpInfo (seeded), natively and through TorchMLIRTensor, compared;
     the counts come from the report. Raises what `sample_inputs` raises."""
-    from . import report, reset_report
     name = name_of(op)
     res = OpResult(name)
     if name in WRAPPER_LIMITS:

@@ -16,8 +16,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import CompileFailure
-from .host import avx512, linker, openmp_runtime
+from .host import linker, openmp_runtime
 
 # The name of a kernel's static scratch buffers (build.rewrites.static_scratch): a kernel whose code has one is not
 # re-entrant, so it runs under a lock.
@@ -68,55 +67,9 @@ class TensorMeta:
         return f"tensor[{'x'.join(map(str, self.shape))}:{MLIR_ELEMENT.get(self.dtype, self.dtype)}]"
 
 
-_jit_lock = threading.Lock()
-
-
-
-
-def _shared_libs(llvm_ir: str) -> list:
-    # OpenMP-dialect ops become __kmpc_* calls only when the module is translated to LLVM IR.
-    if "omp.parallel" in llvm_ir or "__kmpc_" in llvm_ir:
-        lib = openmp_runtime()
-        if lib is None:
-            raise CompileFailure("jit", "kernel needs an OpenMP runtime (pip install intel-openmp)")
-        # Idle OpenMP workers spin 1 ms before sleeping (default 200 ms): long enough that back-to-back kernels of a
-        # forward find them awake (waking sleeping workers per parallel region cost 64x576x3136 mm 950 us instead of
-        # 800), short enough not to compete with torch's own thread pool for long.
-        os.environ.setdefault("KMP_BLOCKTIME", "1")
-        return [lib]
-    return []
-
-
-def _engine(llvm_ir: str):
-    from torch_mlir import ir
-    from torch_mlir.execution_engine import ExecutionEngine
-    with _jit_lock:
-        ctx = ir.Context()
-        with ctx:
-            try:
-                module = ir.Module.parse(llvm_ir)
-            except Exception as e:
-                raise CompileFailure("jit", f"parse: {e}") from None
-            _wide_vectors(module)
-            try:
-                ee = ExecutionEngine(module, opt_level=3, shared_libs=_shared_libs(llvm_ir))
-                addr = ee.raw_lookup("_mlir_ciface_main")
-            except Exception as e:
-                raise CompileFailure("jit", str(e)) from None
-    return ctx, module, ee, addr
-
-
-def _wide_vectors(module) -> None:
-    """On AVX-512 hosts, ask LLVM for 512-bit vectors in the loops it vectorizes itself (elementwise ops, the exp
-    and erf expansions, reductions): its default for these CPUs is 256 bits. Explicit vector code (the GEMM tiles)
-    is 512-bit either way."""
-    from torch_mlir import ir
-    if not avx512():
-        return
-    attr = ir.Attribute.parse('[["prefer-vector-width", "512"]]')
-    for op in module.body.operations:
-        if op.operation.name == "llvm.func" and len(op.regions[0].blocks) and "passthrough" not in op.attributes:
-            op.attributes["passthrough"] = attr
+def _jit(llvm_ir: str) -> tuple:
+    from . import jit           # torch_mlir, on the host only for a kernel no shared library of loads
+    return jit.engine(llvm_ir)
 
 
 def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], serial: bool) -> str:
@@ -152,8 +105,6 @@ def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], se
             f"    return [{result}]"]
     return "\n".join(["def run(tensors, outs=None):", *body[:1], *prep, *body[1:],
                       "def call(tensors, outs=None):", *body])
-
-
 
 
 def link_library(kernel: "Kernel") -> Optional[bytes]:
@@ -271,7 +222,7 @@ class Kernel:
         self.inplace_safe = inplace_safe   # the kernel may write into input 0's memory (worker._single_pointwise)
         # `engine`: (ctx, module, code, address of the packed entry point) already loaded (disk_cache: a shared
         # library of the JIT's object code); else the IR is JIT-compiled here.
-        self._ctx, self._module, self._ee, addr = engine or _engine(llvm_ir)   # keep the code alive
+        self._ctx, self._module, self._ee, addr = engine or _jit(llvm_ir)   # keep the code alive
         if engine is not None and hasattr(self._ee, "_handle"):
             weakref.finalize(self, _dlclose, self._ee._handle)     # an evicted kernel's library is unmapped
         descs = _Descriptors(self.inputs + [m for m in self.outputs if m is not None and not m.empty])

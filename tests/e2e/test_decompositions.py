@@ -1,4 +1,4 @@
-"""Ops torch-mlir has no Torch-dialect op for, compiled through our own decompositions (importer._OWN), against
+"""Ops torch-mlir has no Torch-dialect op for, compiled through our own decompositions (decompositions/, top=True), against
 native PyTorch on the values where a formula would go wrong: NaN, infinities, signed zeros, ties, overflow."""
 import math
 
@@ -89,7 +89,7 @@ def test_cumulative_extreme_kernel_on_new_values():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("op,fn", [("aten.lgamma.default", torch.lgamma), ("aten.erfc.default", torch.erfc)])
 def test_c_library_functions(op, fn, dtype):
-    """Ops computed by the C library (importer._libm): poles, zeros, signs, tails, NaN and infinities, qualified on
+    """Ops computed by the C library (decompositions' _libm): poles, zeros, signs, tails, NaN and infinities, qualified on
     ordinary values first, and on an integer input."""
     check_op(fn, torch.linspace(0.25, 9.0, 12, dtype=dtype))
     edges = torch.tensor([0.0, -0.0, -1.0, -2.5, 1.0, 2.0, 0.5, 1e-30, 30.0, 1e10, 3e38, -3e38, NAN, INF, -INF, 7.0],
@@ -129,14 +129,14 @@ def test_nextafter_and_mvlgamma():
 def test_a_carrier_op_used_for_its_own_sake_is_refused():
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from torch_mlir_eager import importer
+    from torch_mlir_eager.decompositions import libm
     from torch_mlir_eager.errors import CompileFailure
 
     def both(x):
-        return importer._libm("erfc", x) + torch.ops.aten.erf.default(x)
+        return libm._libm("erfc", x) + torch.ops.aten.erf.default(x)
     with pytest.raises(CompileFailure, match="besides its use as a carrier"):
-        importer._traced(lambda: make_fx(both, tracing_mode="fake")(torch.randn(3)))
-    gm = importer._traced(lambda: make_fx(lambda x: importer._libm("erfc", x) * 2, tracing_mode="fake")(
+        libm._traced(lambda: make_fx(both, tracing_mode="fake")(torch.randn(3)))
+    gm = libm._traced(lambda: make_fx(lambda x: libm._libm("erfc", x) * 2, tracing_mode="fake")(
         torch.randn(3)))
     assert gm.graph.tme_libm == {"math.erf": "erfc"}
 
@@ -144,7 +144,7 @@ def test_a_carrier_op_used_for_its_own_sake_is_refused():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", ["erfcx", "log_ndtr", "spherical_bessel_j0"])
 def test_erfc_based_special_functions_over_their_whole_range(name, dtype):
-    """Our float64 formulas (importer._erfcx, _log_ndtr, _spherical_bessel_j0) against PyTorch's over 30 orders of
+    """Our float64 formulas (decompositions' _erfcx, _log_ndtr, _spherical_bessel_j0) against PyTorch's over 30 orders of
     magnitude each side, the asymptotic switch at 26, zeros, NaN and infinities, after qualifying on [-3, 3]."""
     fn = getattr(torch.special, name)
     mag = torch.logspace(-30, 38.5, 400, dtype=torch.float64)
@@ -165,7 +165,7 @@ POLYNOMIALS = [f"chebyshev_polynomial_{k}" for k in "tuvw"] + [f"shifted_chebysh
 def test_orthogonal_polynomials_every_degree_and_edge(name, dtype):
     """Degrees -3 .. 16 (fractional ones truncate), at the interval's ends (+-1, 0 for the shifted kinds), just
     inside them, outside, NaN and infinities, against PyTorch; scalar degree and scalar x; a degree past
-    importer.POLY_MAX_DEGREE runs natively."""
+    validate.POLY_MAX_DEGREE runs natively."""
     fn = getattr(torch.special, name)
     xs = torch.tensor([-1.0, 1.0, 0.0, -0.0, 0.5, 0.3, -0.7, 0.999999, -0.999999, 1e-9, 1.5, -2.5, 7.0, NAN, INF, -INF,
                        0.25, 0.75], dtype=dtype)
@@ -205,7 +205,7 @@ def test_copysign_and_signbit_read_the_sign_bit_of_zeros_and_nans():
 @pytest.mark.parametrize("fn", [torch.fmax, torch.fmin])
 def test_fmax_fmin_nan_and_signed_zeros(fn):
     """A NaN loses unless both are; equal values give a (fmax(-0., 0.) is -0.): torch-mlir's own lowering returned
-    b there, so these compile through ours only (importer.FORCED)."""
+    b there, so these compile through ours only (decompositions/, only=True)."""
     a = torch.tensor([-0.0, 0.0, 1.0, NAN, NAN, 2.0, -INF, 3.0])
     b = torch.tensor([0.0, -0.0, NAN, 2.0, NAN, 2.0, INF, -1.0])
     for x, y in ((a, b), (b, a), (a.view(2, 4), b[:4]), (a.double(), b)):
@@ -223,7 +223,7 @@ BESSEL_IK = ["i0", "special.i0e", "special.i1", "special.i1e", "special.modified
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", BESSEL_IK)
 def test_modified_bessel_functions_over_their_whole_range(name, dtype):
-    """Series below 10-15, Hankel's expansion above (importer._bessel_i/_bessel_k): against PyTorch from 1e-30 to
+    """Series below 10-15, Hankel's expansion above (decompositions' _bessel_i/_bessel_k): against PyTorch from 1e-30 to
     3e38 both signs, across the switch points, where exp overflows (88.72 in float32, 709.78 in float64), at 0,
     NaN and infinities; qualified on [-3, 3] first."""
     fn = torch.i0 if name == "i0" else getattr(torch.special, name.split(".")[1])
@@ -242,7 +242,7 @@ def test_modified_bessel_functions_over_their_whole_range(name, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4])
 def test_digamma_polygamma_over_their_whole_range(n, dtype):
-    """PyTorch's recurrences and zeta sum re-expressed (importer._digamma, _trigamma, _zeta64): from 1e-30 to 3e38,
+    """PyTorch's recurrences and zeta sum re-expressed (decompositions' _digamma, _trigamma, _zeta64): from 1e-30 to 3e38,
     negative arguments down to -32 (zeta's longer sum), the poles (0, -0, negative integers), NaN and infinities;
     a negative non-integer below -32 runs natively for n >= 2."""
     fn = (lambda x: torch.polygamma(n, x)) if n else torch.digamma
@@ -278,7 +278,7 @@ def test_hurwitz_zeta(dtype):
 
 @pytest.mark.parametrize("right", [False, True])
 def test_searchsorted_is_the_native_binary_search(right):
-    """Our unrolled binary search (importer._searchsorted) gives PyTorch's positions for duplicates, NaN, values
+    """Our unrolled binary search (decompositions' _searchsorted) gives PyTorch's positions for duplicates, NaN, values
     outside the range, unsorted rows (the op's undefined case, still native's answer) and a sorter; 1-d and
     batched sequences, scalar values, int32 results."""
     torch.manual_seed(0)
@@ -313,7 +313,7 @@ def test_logsumexp_edges():
 
 def test_repeat_of_empty_tensors_and_zero_repeats():
     """torch-mlir 20261001's repeat divides by zero lowering an empty result (SIGFPE): those calls compile
-    through ours (importer._repeat); the others keep torch-mlir's lowering."""
+    through ours (decompositions' _repeat); the others keep torch-mlir's lowering."""
     for shape, reps in (((0,), (2,)), ((2,), (0,)), ((3, 0), (2, 3)), ((3, 2), (0, 2)), ((), (0, 2, 3))):
         check_op(lambda t: t.repeat(*reps), torch.randn(shape))
     check_op(lambda t: t.repeat(2, 1, 3), torch.randn(3, 2))
@@ -324,7 +324,7 @@ def test_repeat_of_empty_tensors_and_zero_repeats():
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0, 2.0, 3.0, INF])
 def test_cdist_and_pdist_both_of_pytorchs_ways(p):
     """Small inputs: each difference's p-norm; p = 2 with more than 25 rows (or compute_mode use_mm): the matrix
-    product form PyTorch switches to (importer._cdist). Duplicate rows give exact zeros."""
+    product form PyTorch switches to (decompositions' _cdist). Duplicate rows give exact zeros."""
     torch.manual_seed(1)
     a, b = torch.randn(2, 7, 5), torch.randn(2, 4, 5)
     b[0, 1] = a[0, 2]
@@ -341,7 +341,7 @@ def test_cdist_and_pdist_both_of_pytorchs_ways(p):
     assert row("aten._pdist_forward.default")["mlir_calls"] == 1
 
 
-# ---- dense linear algebra (matrix.py): LAPACK's algorithms unrolled ----
+# ---- dense linear algebra (decompositions/linalg.py, qr.py): LAPACK's algorithms unrolled ----
 
 def _tol(dtype) -> dict:
     return dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
@@ -467,8 +467,8 @@ def test_not_positive_definite_nan_and_bad_pivots_run_natively():
 
 
 def test_larger_matrices_than_unrolled_run_natively():
-    from torch_mlir_eager import matrix
-    n = matrix.MAX_ORDER + 1
+    from torch_mlir_eager.decompositions import linalg
+    n = linalg.MAX_ORDER + 1
     a = torch.randn(n, n, dtype=torch.float64) + n * torch.eye(n, dtype=torch.float64)
     check_op(torch.linalg.det, a, rtol=1e-10, atol=1e-10)
     assert row("aten._linalg_det.default")["fallback_calls"] == 1

@@ -67,7 +67,7 @@ def test_attention_heads_sliced_from_a_fused_projection_match_native():
 
 @pytest.mark.parametrize("hw,affine", [(7, True), (28, True), (64, True), (28, False)])
 def test_batch_norm_eval_matches_native(hw, affine):
-    # Eval batch norm is x * alpha + beta per channel (importer._eval_batch_norm); at 64x64 the loop is split
+    # Eval batch norm is x * alpha + beta per channel (decompositions.nn._eval_batch_norm); at 64x64 the loop is split
     # across threads.
     torch.manual_seed(0)
     bn = torch.nn.BatchNorm2d(16, affine=affine).eval()
@@ -108,7 +108,7 @@ def _wide_f32_range(n: int = 1 << 18) -> torch.Tensor:
                                            (torch.sigmoid, None, 1e-37), (torch.nn.functional.gelu, 1e30, 2e-6)],
                          ids=["exp", "erf", "sigmoid", "gelu"])
 def test_vectorized_exp_and_erf_match_native_over_the_float_range(fn, limit, atol):
-    # exp and erf are our own polynomial expansions (lowering.expand_math), not libm: every float32 class
+    # exp and erf are our own polynomial expansions (build.expansions.expand_math), not libm: every float32 class
     # (subnormal results, overflow, infinities, NaN) must give PyTorch's answer. (gelu: native computes x * (1 +
     # erf) first and overflows to inf above 1.7e38 where torch-mlir's order does not; kept below that.)
     x = _wide_f32_range()
@@ -143,7 +143,7 @@ def test_split_elementwise_kernels_match_native_also_in_place():
 def test_one_kernel_called_from_many_threads_at_once():
     # Each thread patches its own descriptor block (kernel._Descriptors.new_block): calls of one kernel overlap, so
     # a shared block would hand one thread's pointers to another's call. The conv has a static im2col scratch
-    # buffer (lowering.static_scratch), so its calls must not overlap: they run under the kernel's lock.
+    # buffer (build.rewrites.static_scratch), so its calls must not overlap: they run under the kernel's lock.
     import threading
     a, b = torch.randn(64, 48), torch.randn(48, 40)
     x, w = torch.randn(1, 16, 32, 32), torch.randn(16, 16, 3, 3)

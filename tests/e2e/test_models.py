@@ -50,7 +50,7 @@ def test_hugging_face_gpt2_decoder():
 
 def test_vision_transformer_attention_fast_path():
     """torchvision's ViT in eval runs nn.MultiheadAttention's fast path, aten._native_multi_head_attention (no
-    Torch-dialect op): it goes through MLIR as one module of our own decomposition (importer._native_mha)."""
+    Torch-dialect op): it goes through MLIR as one module of our own decomposition (decompositions.nn._native_mha)."""
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,

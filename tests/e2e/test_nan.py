@@ -2,7 +2,7 @@
 first compiled and qualified on NaN-free values, then called with NaNs (and zeros) placed where a lowering that
 compares without NaN propagation, or asserts, would go wrong: every result must equal native PyTorch.
 (torch-mlir 20261001 gets NaN wrong in clamp, max.dim, sort... : those calls run natively, validate.NONFINITE_UNSAFE;
-its reciprocal aborted the process on 0 or NaN: the assert is dropped, lowering.drop_reciprocal_asserts.)"""
+its reciprocal aborted the process on 0 or NaN: the assert is dropped, build.rewrites.drop_reciprocal_asserts.)"""
 import pytest
 import torch
 

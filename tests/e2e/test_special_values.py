@@ -4,7 +4,7 @@ planted in a quarter of each float input. Every result must still equal native P
 exception type): a kernel qualified once must not give another answer, or crash, on values it was not tried on.
 
 What this found in torch-mlir 20261001 is handled in validate.py (NONFINITE_UNSAFE: such calls run natively;
-KNOWN_WRONG: sort/topk/kthvalue order ties differently) and lowering.drop_reciprocal_asserts."""
+KNOWN_WRONG: sort/topk/kthvalue order ties differently) and build.rewrites.drop_reciprocal_asserts."""
 import pytest
 import torch
 from torch.utils._pytree import tree_map_only

@@ -2,7 +2,11 @@
 import pytest
 import torch
 
-from torch_mlir_eager import importer, lowering, schedules, worker
+from torch_mlir_eager import validate
+from torch_mlir_eager.build import graph, importer, lowering, schedules
+from torch_mlir_eager.build.schedules import conv, matmul, tiles
+from torch_mlir_eager.build.stages import compile_request
+from torch_mlir_eager.worker.protocol import Compiled, Request
 
 aten = torch.ops.aten
 
@@ -14,7 +18,7 @@ def _conv_args(c=8, f=8, h=10, k=3, stride=1, pad=1):
 
 def _linalg(ctx, func, args):
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    g, _ = importer.one_node_graph(func, args, {}, tensors)
+    g, _ = graph.one_node_graph(func, args, {}, tensors)
     m = importer.import_graph(ctx, g)
     lowering.to_linalg(m)
     return m
@@ -29,9 +33,9 @@ def test_select_by_family(ctx):
                          ids=["3x3", "odd-spatial", "1x1-s2", "7x7-s2"])
 def test_scheduled_conv_qualifies(ctx, cfg):
     args = _conv_args(**cfg)
-    r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": args, "kwargs": {}})
-    assert "ok" in r, r
-    assert r["info"]["schedule"] == "conv2d-panels"
+    r = compile_request(ctx, Request(op="aten.convolution.default", args=args, kwargs={}))
+    assert isinstance(r, Compiled), r
+    assert r.schedule == "conv2d-panels"
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -39,51 +43,51 @@ def test_conv_without_bias_starts_its_tiles_from_zeros(ctx, threads):
     # no bias: the conv's accumulator is a zero fill, fused into the panels and the register tiles
     args = list(_conv_args(c=16, f=16, h=8))
     args[2] = None
-    r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": tuple(args), "kwargs": {},
-                                     "threads": threads})
-    assert "ok" in r, r
-    assert r["info"]["schedule"] == "conv2d-panels" and "schedule_failed" not in r["info"]
+    r = compile_request(ctx, Request(op="aten.convolution.default", args=tuple(args), kwargs={},
+                                     threads=threads))
+    assert isinstance(r, Compiled), r
+    assert r.schedule == "conv2d-panels" and not r.schedule_failed
 
 
 def test_schedules_off_is_plain(ctx):
-    r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(), "kwargs": {},
-                                     "schedules": False})
-    assert r["info"]["schedule"] == "plain"
+    r = compile_request(ctx, Request(op="aten.convolution.default", args=_conv_args(), kwargs={},
+                                     schedules=False))
+    assert r.schedule == "plain"
 
 
 def test_broken_schedule_falls_back_to_plain(ctx, monkeypatch):
-    monkeypatch.setattr(schedules, "GEMM_MATCH", schedules.GEMM_MATCH.replace("structured.match",
+    monkeypatch.setattr(conv, "GEMM_MATCH", conv.GEMM_MATCH.replace("structured.match",
                                                                               "structured.no_such_match"))
-    r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(), "kwargs": {}})
-    assert "ok" in r and r["info"]["schedule"] == "plain"
-    assert r["info"]["schedule_failed"].startswith("conv2d-panels")
+    r = compile_request(ctx, Request(op="aten.convolution.default", args=_conv_args(), kwargs={}))
+    assert isinstance(r, Compiled) and r.schedule == "plain"
+    assert r.schedule_failed.startswith("conv2d-panels")
 
 
 @pytest.mark.parametrize("a,b", [((128, 256), (256, 64)), ((1, 512), (512, 1000)), ((4, 32, 64), (4, 64, 32))],
                          ids=["mm", "mm-row", "bmm"])
 def test_scheduled_matmul_qualifies(ctx, a, b):
     op = "aten.bmm.default" if len(a) == 3 else "aten.mm.default"
-    r = worker.compile_request(ctx, {"op": op, "args": (torch.randn(*a), torch.randn(*b)), "kwargs": {}})
-    assert "ok" in r, r
-    assert r["info"]["schedule"] == "matmul"
+    r = compile_request(ctx, Request(op=op, args=(torch.randn(*a), torch.randn(*b)), kwargs={}))
+    assert isinstance(r, Compiled), r
+    assert r.schedule == "matmul"
 
 
 def test_addmm_with_affine_map_aliases_gets_its_schedule(ctx):
     # addmm's Linalg module opens with #map aliases: the schedule must still be spliced in.
     args = (torch.randn(64), torch.randn(16, 32), torch.randn(64, 32).t())
-    r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}})
-    assert r["info"]["schedule"] in ("matmul", "matmul-dot") and "schedule_failed" not in r["info"]
+    r = compile_request(ctx, Request(op="aten.addmm.default", args=args, kwargs={}))
+    assert r.schedule in ("matmul", "matmul-dot") and not r.schedule_failed
 
 
 def test_contraction_tolerance_scales_with_output_not_with_errors():
     # Reordered sums of K=1024 N(0,1) products differ by ~1e-5; a wrong value by O(RMS) still fails.
     want = torch.randn(64, 64) * 32
-    tol = worker.tolerance(aten.mm.default, want)
+    tol = validate.tolerance(aten.mm.default, want)
     assert tol["rtol"] == 1e-4 and 1e-5 < tol["atol"] < 1e-3
-    assert worker.tolerance(aten.add.Tensor, want)["atol"] == 1e-5
+    assert validate.tolerance(aten.add.Tensor, want)["atol"] == 1e-5
 
 
-@pytest.mark.skipif(__import__("torch_mlir_eager.kernel", fromlist=["x"]).openmp_runtime() is None,
+@pytest.mark.skipif(__import__("torch_mlir_eager.host", fromlist=["x"]).openmp_runtime() is None,
                     reason="no OpenMP runtime (intel-openmp) installed")
 @pytest.mark.parametrize("op,args", [
     ("aten.convolution.default", _conv_args(c=8, f=16, h=12)),
@@ -91,22 +95,22 @@ def test_contraction_tolerance_scales_with_output_not_with_errors():
     ("aten.bmm.default", (torch.randn(4, 16, 8), torch.randn(4, 8, 16))),
 ], ids=["conv", "mm", "bmm"])
 def test_threaded_schedules_qualify(ctx, op, args):
-    r = worker.compile_request(ctx, {"op": op, "args": args, "kwargs": {}, "threads": 2})
-    assert "ok" in r, r
-    assert r["info"]["schedule"] in ("conv2d-panels", "matmul")
-    assert "omp.parallel" in r["ok"][0]
+    r = compile_request(ctx, Request(op=op, args=args, kwargs={}, threads=2))
+    assert isinstance(r, Compiled), r
+    assert r.schedule in ("conv2d-panels", "matmul")
+    assert "omp.parallel" in r.llvm_ir
 
 
 def test_narrow_conv_takes_the_dot_form(ctx):
     # A 7x7 output: no vector width divides its 49 columns, so the conv runs as dot products along k.
-    r = worker.compile_request(ctx, {"op": "aten.convolution.default", "args": _conv_args(c=16, f=8, h=7),
-                                     "kwargs": {}, "threads": 2})
-    assert "ok" in r, r
-    assert r["info"]["schedule"] == "conv2d-dot"
+    r = compile_request(ctx, Request(op="aten.convolution.default", args=_conv_args(c=16, f=8, h=7),
+                                     kwargs={}, threads=2))
+    assert isinstance(r, Compiled), r
+    assert r.schedule == "conv2d-dot"
 
 
 def test_conv_columns_come_in_panels_of_whole_rows():
-    rows, mt, nt = schedules._conv_panel(16, 16, 16, 72)
+    rows, mt, nt = tiles._conv_panel(16, 16, 16, 72)
     assert 16 % rows == 0 and rows < 16 and (rows * 16) % nt == 0
 
 
@@ -116,14 +120,14 @@ def test_conv_columns_come_in_panels_of_whole_rows():
     ((torch.randn(96), torch.randn(128, 40), torch.randn(96, 40).t()), "matmul-packed"),      # any K
 ], ids=["one-row", "rows32", "k40"])
 def test_transposed_weight_is_taken_untransposed(ctx, args, family):
-    r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}, "threads": 2})
-    assert "ok" in r, r
-    assert r["info"]["schedule"] == family and r["info"]["input_perms"] == [None, None, (1, 0)]
-    assert [tuple(m.shape) for m in r["ok"][1]] == [tuple(args[0].shape), tuple(args[1].shape), (args[2].shape[1],
+    r = compile_request(ctx, Request(op="aten.addmm.default", args=args, kwargs={}, threads=2))
+    assert isinstance(r, Compiled), r
+    assert r.schedule == family and r.input_perms == [None, None, (1, 0)]
+    assert [tuple(m.shape) for m in r.inputs] == [tuple(args[0].shape), tuple(args[1].shape), (args[2].shape[1],
                                                                                                args[2].shape[0])]
 
 
-@pytest.mark.skipif(__import__("torch_mlir_eager.kernel", fromlist=["x"]).openmp_runtime() is None,
+@pytest.mark.skipif(__import__("torch_mlir_eager.host", fromlist=["x"]).openmp_runtime() is None,
                     reason="no OpenMP runtime (intel-openmp) installed")
 @pytest.mark.parametrize("op,args", [
     ("aten.addmm.default", (torch.randn(256), torch.randn(32, 64), torch.randn(256, 64).t())),  # threads by panel
@@ -133,16 +137,16 @@ def test_transposed_weight_is_taken_untransposed(ctx, args, family):
     ("aten.bmm.default", (torch.randn(4, 32, 256), torch.randn(4, 64, 256).transpose(1, 2))),   # K > 128: panels
 ], ids=["by-panel", "by-rows", "bmm", "bmm-by-batch", "bmm-k256"])
 def test_packed_matmul_packs_each_panel_in_its_loop(ctx, op, args):
-    r = worker.compile_request(ctx, {"op": op, "args": args, "kwargs": {}, "threads": 2})
-    assert "ok" in r, r
-    assert r["info"]["schedule"] == "matmul-packed" and "schedule_failed" not in r["info"]
-    assert "omp.parallel" in r["ok"][0]
+    r = compile_request(ctx, Request(op=op, args=args, kwargs={}, threads=2))
+    assert isinstance(r, Compiled), r
+    assert r.schedule == "matmul-packed" and not r.schedule_failed
+    assert "omp.parallel" in r.llvm_ir
 
 
 def test_without_schedules_a_transposed_weight_is_copied_by_pytorch(ctx):
     args = (torch.randn(768), torch.randn(128, 256), torch.randn(768, 256).t())
-    r = worker.compile_request(ctx, {"op": "aten.addmm.default", "args": args, "kwargs": {}, "schedules": False})
-    assert "ok" in r and "input_perms" not in r["info"] and r["info"]["schedule"] == "plain"
+    r = compile_request(ctx, Request(op="aten.addmm.default", args=args, kwargs={}, schedules=False))
+    assert isinstance(r, Compiled) and r.input_perms is None and r.schedule == "plain"
 
 
 @pytest.mark.parametrize("transposed,k", [(False, 40), (True, 40), (True, 48)],
@@ -155,9 +159,9 @@ def test_packed_matmul_matches_native(ctx, transposed, k):
     b = torch.randn(3, 64, k).transpose(1, 2) if transposed else torch.randn(3, k, 64)
     perms = [None, (0, 2, 1)] if transposed else None
     base = b.transpose(1, 2) if transposed else b          # what the kernel takes: contiguous either way
-    m = importer.import_graph(ctx, importer.one_node_graph(aten.bmm.default, (a, b), {}, [a, b], perms)[0])
+    m = importer.import_graph(ctx, graph.one_node_graph(aten.bmm.default, (a, b), {}, [a, b], perms)[0])
     lowering.to_linalg(m)
-    sched = schedules.select(m, 2) if transposed else schedules._packed_schedule((3, 24, 64), k, 2, transposed=False)
+    sched = schedules.select(m, 2) if transposed else matmul._packed_schedule((3, 24, 64), k, 2, transposed=False)
     assert sched.family == "matmul-packed"
     assert ("lower_transpose" in sched.script) == (transposed and k % 16 == 0)
     kern = Kernel(str(schedules.to_llvm(m, sched)), [TensorMeta.of(a), TensorMeta.of(base)],
@@ -167,14 +171,14 @@ def test_packed_matmul_matches_native(ctx, transposed, k):
 
 def test_large_elementwise_ops_are_split_across_threads_and_reductions_are_not(ctx):
     x, y = torch.randn(1, 64, 56, 56), torch.randn(1, 64, 56, 56)
-    r = worker.compile_request(ctx, {"op": "aten.add.Tensor", "args": (x, y), "kwargs": {}, "threads": 2})
-    assert "ok" in r and r["info"]["schedule"] == "split-loops", r.get("info")
-    r = worker.compile_request(ctx, {"op": "aten._softmax.default", "args": (x, -1, False), "kwargs": {},
-                                     "threads": 2})
-    assert "ok" in r and r["info"]["schedule"] == "plain"
+    r = compile_request(ctx, Request(op="aten.add.Tensor", args=(x, y), kwargs={}, threads=2))
+    assert isinstance(r, Compiled) and r.schedule == "split-loops", r
+    r = compile_request(ctx, Request(op="aten._softmax.default", args=(x, -1, False), kwargs={},
+                                     threads=2))
+    assert isinstance(r, Compiled) and r.schedule == "plain"
     small = torch.randn(8, 8)
-    r = worker.compile_request(ctx, {"op": "aten.relu.default", "args": (small,), "kwargs": {}, "threads": 2})
-    assert "ok" in r and r["info"]["schedule"] == "plain"
+    r = compile_request(ctx, Request(op="aten.relu.default", args=(small,), kwargs={}, threads=2))
+    assert isinstance(r, Compiled) and r.schedule == "plain"
 
 
 def test_addmm_bias_becomes_the_accumulator(ctx):
@@ -182,15 +186,15 @@ def test_addmm_bias_becomes_the_accumulator(ctx):
     # from the bias instead, and the second pass is gone (the one addf left is the multiply-accumulate's).
     m = _linalg(ctx, aten.addmm.default, (torch.randn(64), torch.randn(32, 48), torch.randn(48, 64)))
     assert str(m).count("arith.addf") == 1 and "linalg.fill" in str(m)
-    assert schedules.pack_rhs(m, 32)
+    assert matmul.pack_rhs(m, 32)
     text = str(m)
     assert text.count("arith.addf") == 1 and "tme.init" in text and "linalg.fill" not in text
 
 
 def test_addmm_with_scaled_bias_keeps_its_own_pass(ctx):
     args = (torch.randn(64), torch.randn(32, 48), torch.randn(48, 64))
-    g, _ = importer.one_node_graph(aten.addmm.default, args, {"beta": 0.5}, list(args))
+    g, _ = graph.one_node_graph(aten.addmm.default, args, {"beta": 0.5}, list(args))
     m = importer.import_graph(ctx, g)
     lowering.to_linalg(m)
-    assert schedules.pack_rhs(m, 32)
+    assert matmul.pack_rhs(m, 32)
     assert str(m).count("arith.addf") == 2 and "arith.mulf" in str(m)

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from torch_mlir_eager import importer, lowering, worker
+from torch_mlir_eager.build import expansions, graph, importer, lowering, rewrites
+from torch_mlir_eager.build.stages import compile_request
+from torch_mlir_eager.worker.protocol import Compiled, Failed, Request
 from torch_mlir_eager.errors import CompileFailure
 from torch_mlir_eager.kernel import Kernel, TensorMeta
 
@@ -11,7 +13,7 @@ aten = torch.ops.aten
 
 def _module(ctx, func, args):
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    g, _ = importer.one_node_graph(func, args, {}, tensors)
+    g, _ = graph.one_node_graph(func, args, {}, tensors)
     return importer.import_graph(ctx, g)
 
 
@@ -64,7 +66,7 @@ def test_elementwise_nests_become_one_loop(ctx, func, shapes):
     args = tuple(torch.randn(s) for s in shapes)
     m = _module(ctx, func, args)
     lowering.to_linalg(m)
-    assert lowering.flatten_elementwise(m) == 1
+    assert rewrites.flatten_elementwise(m) == 1
     text = str(m)
     n = 1
     for d in shapes[0]:
@@ -81,21 +83,21 @@ def test_elementwise_nests_become_one_loop(ctx, func, shapes):
 def test_broadcasting_ops_keep_their_loop_nest(ctx):
     m = _module(ctx, aten.add.Tensor, (torch.randn(2, 3, 4), torch.randn(4)))
     lowering.to_linalg(m)
-    assert lowering.flatten_elementwise(m) == 0
+    assert rewrites.flatten_elementwise(m) == 0
 
 
 def test_compile_request_qualifies_against_native(ctx):
     a = torch.randn(4, 4)
-    ok = worker.compile_request(ctx, {"op": "aten.tanh.default", "args": (a,), "kwargs": {}})
-    assert "ok" in ok
-    bad = worker.compile_request(ctx, {"op": "aten.tanh.default", "args": (a,), "kwargs": {}, "inject": "wrong"})
-    assert bad["fail"][0] == "mismatch"
+    ok = compile_request(ctx, Request(op="aten.tanh.default", args=(a,), kwargs={}))
+    assert isinstance(ok, Compiled)
+    bad = compile_request(ctx, Request(op="aten.tanh.default", args=(a,), kwargs={}, inject="wrong"))
+    assert isinstance(bad, Failed) and bad.category == "mismatch"
 
 
 def test_non_contiguous_output_strides(ctx):
     a = torch.randn(4, 3).t()           # elementwise ops keep the input's layout
-    r = worker.compile_request(ctx, {"op": "aten.neg.default", "args": (a,), "kwargs": {}})
-    llvm_ir, ins, outs = r["ok"]
+    r = compile_request(ctx, Request(op="aten.neg.default", args=(a,), kwargs={}))
+    llvm_ir, ins, outs = r.llvm_ir, r.inputs, r.outputs
     assert outs[0].strides == torch.neg(a).stride() and not outs[0].contiguous
     (out,) = Kernel(llvm_ir, ins, outs)([a.contiguous()])
     assert out.stride() == torch.neg(a).stride()
@@ -114,7 +116,7 @@ def test_large_temporaries_become_static_buffers_except_in_parallel_loops(ctx):
       %b = memref.alloc() : memref<100000xf32>
       %c = memref.alloc() : memref<16xf32>
       return }""")
-    assert lowering.static_scratch(m) == 1
+    assert rewrites.static_scratch(m) == 1
     text = str(m)
     # the per-thread buffer and the small one stay allocations; the large serial one is a global
     assert text.count("memref.alloc()") == 2 and "memref.get_global @tme_scratch0" in text
@@ -127,7 +129,7 @@ def test_result_computed_through_a_reshape_is_written_in_place(ctx):
       %v = memref.expand_shape %t [[0], [1, 2]] output_shape [2, 2, 3] : memref<2x6xf32> into memref<2x2x3xf32>
       memref.copy %v, %out : memref<2x2x3xf32> to memref<2x2x3xf32>
       return }""")
-    assert lowering.write_results_in_place(m) == 1
+    assert rewrites.write_results_in_place(m) == 1
     text = str(m)
     assert "memref.alloc" not in text and text.count("memref.copy") == 1 and "memref.collapse_shape %arg1" in text
 
@@ -138,7 +140,7 @@ def test_exp_and_erf_are_expanded_inline(ctx):
       %b = math.erf %x : f32
       %c = math.exp %y : f64
       return %a, %b, %c : f32, f32, f64 }""")
-    assert lowering.expand_math(m) == 2
+    assert expansions.expand_math(m) == 2
     text = str(m)
     # f32 exp and erf became arith ops in @main (no call, no helper function left); f64 keeps libm's exp
     assert "math.exp %arg1 : f64" in text and "math.erf" not in text and text.count("math.exp") == 1
@@ -155,7 +157,7 @@ def test_only_the_reduction_combiner_is_reassociated(ctx):
         linalg.yield %s : f32
       } -> tensor<4xf32>
       return %r : tensor<4xf32> }""")
-    assert lowering.reassociate_reductions(m) == 1
+    assert rewrites.reassociate_reductions(m) == 1
     text = str(m)
     assert "arith.addf %out, %1 fastmath<reassoc,contract> : f32" in text
     assert "arith.mulf %in, %in : f32" in text         # the math feeding the sum keeps its rounding

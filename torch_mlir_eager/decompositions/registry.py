@@ -6,6 +6,9 @@ import functools
 from typing import Callable, Dict, Union
 
 import torch
+from torch._decomp import core_aten_decompositions
+from torch._decomp import decomposition_table as registered
+from torch_mlir.extras.fx_decomp_util import get_decomposition_table
 
 OpLike = Union[torch._ops.OpOverload, torch._ops.OpOverloadPacket]
 
@@ -54,8 +57,6 @@ def decomposes(*ops: OpLike, top: bool = False, general: bool = False, only=Fals
 def table() -> dict:
     """torch-mlir's own table, widened with PyTorch's core-ATen decompositions and ours (not the `top` ones):
     the table every op of a traced decomposition is decomposed by."""
-    from torch._decomp import core_aten_decompositions
-    from torch_mlir.extras.fx_decomp_util import get_decomposition_table
     t = dict(core_aten_decompositions())
     t.update(get_decomposition_table())
     t.update({e.op: e.fn for e in REGISTRY.values() if not e.top})
@@ -65,7 +66,6 @@ def table() -> dict:
 def for_op(func) -> dict:
     """The table for decomposing `func`: `table()`, plus PyTorch's registered decomposition of `func` itself when
     the table has none (only for the op at the top: its parts stay at the ATen level), plus our `top` form."""
-    from torch._decomp import decomposition_table as registered
     t = table()
     entry = REGISTRY.get(str(func))
     if func not in t and func in registered:

@@ -1,6 +1,8 @@
 """Special functions in float64 formulas: erfinv, ndtri, erfcx, log_ndtr, digamma, trigamma, polygamma, zeta."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 
 import torch
@@ -223,8 +225,6 @@ def _zeta(x, q):
 
 def _exp_lgamma(v: float, dt) -> float:
     """exp(lgamma(v)) as PyTorch computes it for dtype dt: the C library's float or double functions."""
-    import ctypes
-    import ctypes.util
     libm = ctypes.CDLL(ctypes.util.find_library("m"))
     ct, suffix = (ctypes.c_double, "") if dt == torch.float64 else (ctypes.c_float, "f")
     lgamma, exp = getattr(libm, "lgamma" + suffix), getattr(libm, "exp" + suffix)
