@@ -19,14 +19,14 @@ SUPPORTED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch
                               torch.int64, torch.int32, torch.int16, torch.int8, torch.bool})
 
 # Ops whose schema says "new tensor" but which PyTorch implements as a view of their input.
-_VIEW_LIKE = frozenset({aten._unsafe_view.default})
+_VIEW_LIKE = frozenset({"aten._unsafe_view.default"})
 
 # Ops tagged dynamic_output_shape whose usual calls have a static result shape (integer-tensor indexing, one_hot
 # with num_classes): compiled; a call whose shape is data-dependent fails in the worker and falls back.
-_STATIC_MOSTLY = frozenset({aten.index.Tensor, aten.one_hot.default})
+_STATIC_MOSTLY = frozenset({"aten.index.Tensor", "aten.one_hot.default"})
 
 # Allocations whose result is uninitialized memory: the input gives only shape and dtype; nothing to compute.
-_ALLOCATIONS = frozenset({aten.empty_like.default, aten.new_empty.default, aten.new_empty_strided.default})
+_ALLOCATIONS = frozenset({"aten.empty_like.default", "aten.new_empty.default", "aten.new_empty_strided.default"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,18 +71,18 @@ def plan(func: torch._ops.OpOverload) -> OpPlan:
     name = str(func)
     schema = func._schema
     tags = set(func.tags)
-    if func.is_view or func in _VIEW_LIKE:
+    if func.is_view or name in _VIEW_LIKE:
         return OpPlan(name, "view")
     if torch.Tag.inplace_view in tags:
         return OpPlan(name, "view")
     if torch.Tag.nondeterministic_seeded in tags:
         return OpPlan(name, "random")
-    if func in _ALLOCATIONS:
+    if name in _ALLOCATIONS:
         return OpPlan(name, "allocation (uninitialized result)")
     if not _returns_tensor(schema):
         return OpPlan(name, "no tensor result")
     if (torch.Tag.dynamic_output_shape in tags or torch.Tag.data_dependent_output in tags) and \
-            func not in _STATIC_MOSTLY:
+            name not in _STATIC_MOSTLY:
         # nonzero, masked_select, unique, bincount, ...: the result's shape depends on the input's values, which no
         # shape-specialized kernel can have.
         return OpPlan(name, "dynamic output shape")

@@ -51,7 +51,19 @@ def _nll(a: dict) -> bool:
     return _in_range(target[target != ignore], classes, negative_ok=False)
 
 
-CHECKS: Dict[str, Callable[[dict], bool]] = {
+def every_overload(by_packet: dict) -> dict:
+    """A table written per aten packet ("gather") keyed as every table here is: by each overload's name
+    ("aten.gather.default", "aten.gather.out", ...)."""
+    out = {}
+    for base, value in by_packet.items():
+        packet = getattr(torch.ops.aten, base)
+        for overload in packet.overloads():
+            out[str(getattr(packet, overload))] = value
+    return out
+
+
+# Op -> check(bound arguments) -> its index arguments are in range.
+CHECKS: Dict[str, Callable[[dict], bool]] = every_overload({
     **{name: _along_dim for name in ("gather", "scatter", "scatter_add", "scatter_reduce", "index_select",
                                       "index_add", "index_copy", "index_fill", "index_reduce")},
     "embedding": lambda a: _in_range(a["indices"], a["weight"].size(0), negative_ok=False),
@@ -79,7 +91,7 @@ CHECKS: Dict[str, Callable[[dict], bool]] = {
         lambda a: _in_range(a["indices"], math.prod(a["self"].shape[-2:]), negative_ok=False),
     "max_pool3d_with_indices_backward":
         lambda a: _in_range(a["indices"], math.prod(a["self"].shape[-3:]), negative_ok=False),
-}
+})
 
 
 # Limits of our decompositions' unrolled loops (decompositions/special.py, polynomials.py): a call beyond them runs
@@ -91,8 +103,8 @@ POLY_MAX_DEGREE = 16
 # Ops that torch-mlir 20261001 lowers to kernels whose wrong answers depend on the values (found by the one-op
 # sweep in shared notes): a first matching run does not prove later ones right, so they always run natively.
 # (softshrink, renorm and tanh-gelu were here: they now compile through our own decompositions only, see
-# importer.FORCED.)
-KNOWN_WRONG: Dict[str, Callable[[dict], bool]] = {
+# decompositions/, only=True.)
+KNOWN_WRONG: Dict[str, Callable[[dict], bool]] = every_overload({
     "logcumsumexp": lambda a: True,
     # they update running_mean and running_var in place although their schemas do not say so (training batch
     # norm): a kernel computes their results only, and the running statistics would silently stay as they were
@@ -120,7 +132,7 @@ KNOWN_WRONG: Dict[str, Callable[[dict], bool]] = {
     **{f"special_{name}_polynomial_{k}": lambda a: _degree_beyond(a.get("n"))
        for name, kinds in (("chebyshev", "tuvw"), ("shifted_chebyshev", "tuvw"), ("hermite", ("h", "he")),
                            ("laguerre", "l"), ("legendre", "p")) for k in kinds},
-}
+})
 
 
 def _array(v):
@@ -182,13 +194,12 @@ def _binder(schema) -> Callable[[tuple, dict], dict]:
 @functools.lru_cache(maxsize=None)
 def checker(func) -> Optional[Callable]:
     """None when no call of the op needs a check; else a function (args, kwargs) -> safe to run compiled."""
-    schema = func._schema
-    base = schema.name.split("::", 1)[1]
+    schema, name = func._schema, str(func)
     index_args = [a.name for a in schema.arguments if a.name in INDEX_ARG_NAMES and "Tensor" in str(a.type)]
-    wrong = KNOWN_WRONG.get(base)
+    wrong = KNOWN_WRONG.get(name)
     if not index_args and wrong is None:
         return None
-    check = CHECKS.get(base)
+    check = CHECKS.get(name)
     bind = _binder(schema)
 
     def run(args, kwargs) -> bool:
