@@ -10,6 +10,7 @@ import torch
 
 import torch_mlir_eager as tme
 from torch_mlir_eager import compiler, config
+from torch_mlir_eager.worker.protocol import Request
 from helpers import row
 
 
@@ -73,7 +74,7 @@ def test_real_native_crash_in_lowering_survives():
 
 
 def test_killed_worker_restarts():
-    compiler.worker().compile({"op": "aten.neg.default", "args": (torch.ones(2),), "kwargs": {}})
+    compiler.worker().compile(Request("aten.neg.default", (torch.ones(2),), {}))
     os.kill(compiler.worker()._proc.pid, 9)
     r = _sigmoid((9, 2))
     assert r["mlir_calls"] + r["fallback_calls"] == 1
