@@ -232,9 +232,9 @@ def _main(a) -> int:
 
     summary = []
     t_start = time.perf_counter()
-    from torch_mlir_eager import schedules
+    from torch_mlir_eager import host
     print(f"threads: torch {torch.get_num_threads()} of {os.cpu_count()} cores; torch {torch.__version__}; "
-          f"vector registers: {'AVX-512' if schedules.avx512() else 'AVX2 or narrower'} (register tiles follow them)")
+          f"vector registers: {'AVX-512' if host.avx512() else 'AVX2 or narrower'} (register tiles follow them)")
 
     rows, s = hot_path(n)
     print("\n1. hot path (us per call)\n" + f"{'call':<16}{'native':>10}{'lean':>10}{'mlir':>10}{'mlir/lean':>11}")
