@@ -8,14 +8,9 @@ import sys
 from typing import Optional
 
 
-@functools.lru_cache(maxsize=None)
 def avx512() -> bool:
     """Whether the JIT's host CPU has 512-bit vector registers (the JIT compiles for the host CPU)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(l.startswith("flags") and " avx512f" in l for l in f)
-    except OSError:
-        return False
+    return " avx512f" in cpu_flags()
 
 
 def openmp_runtime():
