@@ -1,0 +1,206 @@
+"""What every schedule family shares: the Schedule record, the script text of register tiles, IR helpers."""
+from __future__ import annotations
+
+import dataclasses
+
+from torch_mlir import ir
+from torch_mlir.dialects import func as func_d
+
+from ...errors import CompileFailure
+from .. import lowering
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    family: str
+    script: str
+    threads: int = 1
+    panel_rows: int = 0        # conv2d-panels: output rows per panel (CONV_AS_PANELS); matmul-packed: panel width
+
+
+# Every schedule: a family-specific head finds the op (%{target}0) and may split it across threads (%{target});
+# the shared tail tiles it to a register tile with a k step of 1, vectorizes only that tile, and lowers the
+# contraction to outer products (FMAs). Vectorizing untiled ops (im2col, pad, fills) would build whole-tensor
+# vectors: a known memory blow-up.
+# The end of every @tile sequence (canonicalize the function) and the @lower sequence that runs after
+# bufferization (hoist the accumulator tile's loads and stores out of the k loop: it stays in registers).
+TAIL = """  %f = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
+  transform.apply_patterns to %f {{
+    transform.apply_patterns.canonicalization
+  }} : !transform.any_op
+  transform.yield
+}}
+transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}}) {{
+  %f0 = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
+  %f = transform.structured.hoist_redundant_vector_transfers %f0 : (!transform.any_op) -> !transform.any_op
+  transform.yield
+}}
+"""
+
+
+# {register}: tile_using_for, or for a matmul / batch_matmul whose accumulator starts as a linalg.fill of zeros,
+# structured.fuse, which follows the accumulator through the tile loops' iter_args and fuses the fill into the
+# register tile ({fill_vec} then vectorizes it there; _init_into and FUSED_PANEL take it through the thread
+# split and the panel loop first): each tile starts from zeros in registers instead of reading back a whole output
+# the fill first wrote to memory. At small K that pass cost as much as the multiply (measured, 2 threads: bmm
+# 4x128x64 @ 4x64x128 48 -> 21.5 us, native 22; 4x512x64 @ 4x64x512 657 -> 390, native 348).
+REGISTER_TILE = """
+transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
+{head}
+  {forall}
+  {panel}
+  %t, %l:{nloops} = transform.structured.{register} %{target}p tile_sizes [{tiles}, 0]
+    : (!transform.any_op) -> (!transform.any_op{handles})
+  %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
+    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
+  transform.structured.vectorize %t2 : !transform.any_op
+  {fill_vec}
+""" + TAIL
+
+
+FUSED_PANEL = ("%{target}p, %panels = transform.structured.fuse %{target} tile_sizes [{sizes}]"
+               " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)")
+
+
+def _init_into(loop: str, match: str) -> str:
+    """Script text fusing the accumulator's init (matched by `match`) into the scf.forall `loop`: each thread
+    or panel then makes its own slice of it."""
+    return (f"%init0 = transform.structured.match {match} in %root : (!transform.any_op) -> !transform.any_op\n"
+            f"  %init1, %init_loop = transform.structured.fuse_into_containing_op %init0 into {loop}\n"
+            "    : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)")
+
+
+def _zero_init(name: str, ty: str, el) -> str:
+    """MLIR lines making %{name}, a tensor of type `ty` filled with zeros and tagged tme.init (see _init_into)."""
+    return (f"  %zero = arith.constant 0.0 : {el}\n  %{name}_e = tensor.empty() : {ty}\n"
+            f"  %{name} = linalg.fill {{tme.init}} ins(%zero : {el}) outs(%{name}_e : {ty}) -> {ty}")
+
+
+def _fill_vec(last: int, match: str) -> str:
+    """Script text vectorizing the accumulator's init (matched by `match`) fused into the register tile %l#last."""
+    return (f"%fills = transform.structured.match {match} in %l#{last} : (!transform.any_op) -> !transform.any_op\n"
+            "  transform.structured.vectorize %fills : !transform.any_op")
+
+
+# The body of every GEMM generic below: acc + a * b.
+MAC = """    ^bb0(%a: {el}, %b: {el}, %acc: {el}):
+      %m = arith.mulf %a, %b : {el}
+      %s = arith.addf %acc, %m : {el}
+      linalg.yield %s : {el}"""
+
+
+PANEL = ("%{target}p, %panels = transform.structured.tile_using_for %{target} tile_sizes [{sizes}]"
+         " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)")
+
+
+# Threads: the op is first split into `threads` slices (scf.forall -> OpenMP, run by intel-openmp's libiomp5);
+# each slice is then register-tiled as above.
+FORALL = ("%{out}, %forall = transform.structured.tile_using_forall %{src} num_threads [{counts}]"
+          " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)")
+
+
+NO_FORALL = "%{out} = transform.merge_handles %{src} : !transform.any_op"
+
+
+def _forall(src: str, out: str, counts) -> str:
+    if max(counts) <= 1:
+        return NO_FORALL.format(out=out, src=src)
+    return FORALL.format(out=out, src=src, counts=", ".join(map(str, counts)))
+
+
+def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: bool = False) -> str:
+    """A register-tile schedule: `tiles` for the op's parallel dims (k, the last dim, is stepped by 1). `panel`: an
+    int > 0 first cuts the last parallel dim (N) into panels of that width, so that a K x panel slice of the
+    right-hand operand stays in cache while every row tile passes over it (without it each row tile streams all
+    of it); a list gives the panel loop's tile sizes per parallel dim directly. `fill`: the op's accumulator is a
+    linalg.fill, fused into every loop (REGISTER_TILE's structured.fuse)."""
+    n = len(tiles)
+    if panel:
+        sizes = ", ".join(map(str, panel + [0] if isinstance(panel, list) else [0] * (n - 1) + [panel, 0]))
+        panel_text = (FUSED_PANEL if fill else PANEL).format(target=target, sizes=sizes)
+    else:
+        panel_text = NO_FORALL.format(out=f"{target}p", src=target)
+    loops = sum(1 for t in tiles if t)
+    forall = _forall(f"{target}0", target, split + [0])
+    if fill and max(split) > 1:
+        forall += "\n  " + _init_into("%forall", 'ops{["linalg.fill"]}')
+    return REGISTER_TILE.format(
+        head=head, target=target, forall=forall, panel=panel_text, register="fuse" if fill else "tile_using_for",
+        tiles=", ".join(map(str, tiles)), nloops=loops, handles=", !transform.any_op" * loops,
+        ktile=", ".join(["0"] * n + ["1"]), fill_vec=_fill_vec(loops - 1, 'ops{["linalg.fill"]}') if fill else "")
+
+
+DOT_TILE = """
+transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) {{
+  {head}
+  %gemm0 = transform.structured.match ops{{["linalg.generic"]}} attributes{{tme.gemm}} in %root
+    : (!transform.any_op) -> !transform.any_op
+  {forall}
+  %t, %l:{nloops} = transform.structured.tile_using_for %gemm tile_sizes [{tiles}, 0]
+    : (!transform.any_op) -> (!transform.any_op{handles})
+  %fill, %split, %comb, %loop = transform.structured.tile_reduction_using_for %t by tile_sizes = [{ktile}]
+    : (!transform.any_op) -> (!transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op)
+  transform.structured.vectorize %split : !transform.any_op
+  transform.structured.vectorize %comb : !transform.any_op
+  transform.structured.vectorize %fill : !transform.any_op
+""" + TAIL
+
+
+def _dot_script(head: str, tiles: list, split: list, kv: int = 16) -> str:
+    """DOT_TILE for a tme.gemm generic with parallel dims `tiles` (then k, vectorized `kv` wide)."""
+    n = len(tiles)
+    return DOT_TILE.format(head=head, forall=_forall("gemm0", "gemm", split + [0]),
+                           tiles=", ".join(map(str, tiles)), nloops=n, handles=", !transform.any_op" * n,
+                           ktile=", ".join(["0"] * n + [str(kv)]))
+
+
+# Script text (not a template): the conv forms' GEMM generic as %gemm0.
+GEMM_MATCH = """
+  %gemm0 = transform.structured.match ops{["linalg.generic"]} attributes{tme.gemm} in %root
+    : (!transform.any_op) -> !transform.any_op"""
+
+
+def _run(module, passes, what: str) -> None:
+    try:
+        lowering.run(module, passes, "llvm")
+    except CompileFailure as e:
+        raise CompileFailure("llvm", f"schedule {what}: {e.reason}") from None
+
+
+def _replace_with_call(module, op, func_text: str, name: str, operands, result_type, what: str) -> None:
+    """Replace `op` (one result) by a call to the private function `func_text` defines, then inline it."""
+    with module.context, ir.Location.unknown():
+        module.body.append(ir.Operation.parse(func_text))
+        with ir.InsertionPoint(op):
+            call = func_d.CallOp([result_type], name, list(operands))
+        op.results[0].replace_all_uses_with(call.results[0])
+        op.erase()
+    _run(module, ["inline", "canonicalize"], what)
+
+
+def _filled_init(op, zero: bool = False) -> bool:
+    """The op's accumulator (its last operand) is made by the module's only linalg.fill (`zero`: of 0.0)."""
+    init = op.operands[len(op.operands) - 1]
+    if not isinstance(init, ir.OpResult):
+        return False
+    owner = getattr(init.owner, "operation", init.owner)
+    if owner.name != "linalg.fill":
+        return False
+    if zero:
+        value = owner.operands[0]
+        const = getattr(value.owner, "operation", value.owner) if isinstance(value, ir.OpResult) else None
+        if const is None or const.name != "arith.constant" or \
+                not isinstance(const.attributes["value"], ir.FloatAttr) or const.attributes["value"].value != 0.0:
+            return False
+    func = owner.parent
+    while func is not None and func.name != "func.func":
+        func = func.parent
+    fills = []
+
+    def visit(o):
+        if o.name == "linalg.fill":
+            fills.append(o)
+        return ir.WalkResult.ADVANCE
+    if func is not None:
+        func.walk(visit)
+    return len(fills) == 1
