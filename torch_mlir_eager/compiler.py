@@ -94,12 +94,14 @@ def _compile_retrying(func, request: Request):
         raise CompileFailure("unsupported", f"cannot send call to the worker: {type(e).__name__}: {e}") from None
 
 
-def compile_kernel(key, func, args, kwargs, tensors):
+def compile_kernel(key, func, args, kwargs, tensors, dynamic=None):
     """A kernel from disk, or compiled and qualified in the worker and loaded here (its shared library, or its LLVM
-    IR JIT-compiled). Raises CompileFailure; caches either way."""
+    IR JIT-compiled). Raises CompileFailure; caches either way. `dynamic`: per tensor, the dims the kernel takes at
+    any size (shapes.py decides; `key` is then its generic key)."""
     cfg = config.get()
+    inject = cfg.inject.get(str(func), "")
     request = Request(str(func), args, kwargs, schedules=cfg.schedules, threads=kernel_threads(),
-                      inject=cfg.inject.get(str(func), ""))
+                      inject=inject, dynamic=tuple(tuple(d) for d in dynamic) if dynamic else ())
     if cfg.dump_dir:
         try:
             request.dump = repro.directory(cfg.dump_dir, str(func), key)
@@ -123,7 +125,8 @@ def compile_kernel(key, func, args, kwargs, tensors):
             raise CompileFailure(reply.category, reply.reason)
         engine = load_library(reply.so) if reply.so is not None else None   # None: JIT-compile the IR here
         kernel = Kernel(reply.llvm_ir, reply.inputs, reply.outputs, input_perms=reply.input_perms,
-                        inplace_safe=reply.inplace_safe is True, engine=engine)
+                        inplace_safe=reply.inplace_safe is True, engine=engine, dynamic=dynamic,
+                        broken_remainder=inject.startswith("remainder"))
     except CompileFailure as e:
         cache().put_failure(key, e)
         if request.dump:

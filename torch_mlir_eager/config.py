@@ -25,7 +25,12 @@ class Config:
     disk_cache_mb: float = 1024.0     # TORCH_MLIR_EAGER_CACHE_MB: the disk cache's size bound
     schedules: bool = True            # per-op-family kernel schedules (schedules.py); 0 = plain loops only
     threads: int = 0                  # threads per scheduled kernel; 0 = torch.get_num_threads()
-    # Test hook: {"aten.op.overload": "abort" | "hang" | "wrong"} makes the worker misbehave on that op.
+    # Kernels dynamic in the dims that vary (shapes.py): "auto" (static first; a dim that changes gets a dynamic
+    # kernel), "always" (every dim of size >= 2 dynamic from the first call), "never" (one kernel per shape).
+    dynamic: str = "auto"             # TORCH_MLIR_EAGER_DYNAMIC
+    # Test hook: {"aten.op.overload": "abort" | "hang" | "wrong" | "remainder" | "remainder@host"} makes the worker
+    # misbehave on that op ("remainder": a dynamic kernel wrong off multiples of 8, in the worker and here;
+    # "remainder@host": here only).
     inject: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -56,7 +61,20 @@ def _from_env() -> Config:
         kw["disk_cache"] = _env_bool("TORCH_MLIR_EAGER_DISK_CACHE")
     if "TORCH_MLIR_EAGER_CACHE_MB" in env:
         kw["disk_cache_mb"] = float(env["TORCH_MLIR_EAGER_CACHE_MB"])
-    return Config(**kw)
+    if "TORCH_MLIR_EAGER_DYNAMIC" in env:
+        kw["dynamic"] = env["TORCH_MLIR_EAGER_DYNAMIC"].strip().lower()
+    cfg = Config(**kw)
+    _check(cfg)
+    return cfg
+
+
+DYNAMIC_MODES = ("auto", "always", "never")
+
+
+def _check(cfg: Config) -> None:
+    if cfg.dynamic not in DYNAMIC_MODES:
+        raise ValueError(f"TORCH_MLIR_EAGER_DYNAMIC / dynamic= must be one of {', '.join(DYNAMIC_MODES)}, "
+                         f"not {cfg.dynamic!r}")
 
 
 _current = _from_env()
@@ -71,7 +89,9 @@ def override(**kw) -> Iterator[Config]:
     """Replace some settings inside a `with` block (not thread-local: meant for tests and scripts)."""
     global _current
     saved = _current
-    _current = dataclasses.replace(saved, **kw)
+    new = dataclasses.replace(saved, **kw)
+    _check(new)
+    _current = new
     try:
         yield _current
     finally:

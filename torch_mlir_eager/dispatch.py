@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import torch
 from torch.utils._python_dispatch import get_alias_info
 
-from . import compiler, config, repro, spec, validate
+from . import compiler, config, repro, shapes, spec, validate
 from .errors import CompileFailure, StrictModeError
 from .report import Recorder
 
@@ -134,11 +133,7 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
             failure = CompileFailure("unsupported", why)
             cache.put_failure(key, failure)       # by key: the key holds each tensor's dtype and shape
             raise failure
-        t0 = time.perf_counter()
-        try:
-            kernel = compiler.compile_kernel(key, p.functional, args, kwargs, tensors)
-        finally:
-            recorder.compiled(p.name, time.perf_counter() - t0)
+        kernel = shapes.kernel_for(recorder, key, p.name, p.functional, args, kwargs, tensors)
     direct = False
     if dests is not None:
         for d, m in zip(dests, kernel.outputs):
@@ -158,9 +153,9 @@ def _run_mlir(e: OpEntry, func, args, kwargs):
         if why is not None:
             raise CompileFailure("unsupported", why)
     if want is None:
-        recorder.mlir(p.name, hit)
+        recorder.mlir(p.name, hit, kernel.dynamic is not None)
     elif _verified(p, key, kernel, args, kwargs, outs, want):
-        recorder.mlir(p.name, hit)
+        recorder.mlir(p.name, hit, kernel.dynamic is not None)
     else:                                    # native's result instead (recorded as a fallback)
         outs, direct = want, False
     if dests is None:

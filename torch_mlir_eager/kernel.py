@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .errors import CompileFailure
 from .host import linker, openmp_runtime
 
 # The name of a kernel's static scratch buffers (build.rewrites.static_scratch): a kernel whose code has one is not
@@ -67,12 +68,31 @@ class TensorMeta:
         return f"tensor[{'x'.join(map(str, self.shape))}:{MLIR_ELEMENT.get(self.dtype, self.dtype)}]"
 
 
+def kernel_inputs(tensors, perms) -> list:
+    """TensorMeta of each input as a kernel takes it (the base t.permute(p) where the kernel undoes a transpose)."""
+    return [TensorMeta(t.shape if p is None else t.permute(p).shape, t.dtype)
+            for t, p in zip(tensors, perms or [None] * len(tensors))]
+
+
+def output_metas(natives, compiled) -> list:
+    """TensorMeta of native's results for a call of a dynamic kernel compiled with results `compiled` (which says
+    which are computed)."""
+    if len(natives) != len(compiled):
+        raise CompileFailure("meta", f"{len(natives)} results, the kernel has {len(compiled)}")
+    out = []
+    for n, m in zip(natives, compiled):
+        if (n is None) != (m is None) or n is not None and n.dtype != m.dtype:
+            raise CompileFailure("meta", "results differ from the dynamic kernel's")
+        out.append(None if n is None else TensorMeta.of(n, empty=m.empty))
+    return out
+
+
 def _jit(llvm_ir: str) -> tuple:
     from . import jit           # torch_mlir, on the host only for a kernel no shared library of loads
     return jit.engine(llvm_ir)
 
 
-def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], serial: bool) -> str:
+def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], serial: bool, consts: list) -> str:
     """Python source of a kernel's two entry points, unrolled for its arity: `run(tensors, outs=None)` takes the
     call's tensors (made contiguous, or permuted to the base the kernel takes, here), `call(ins, outs=None)` takes
     inputs already prepared. Unrolled code with every constant bound as a global costs ~1.2 us a call where loops
@@ -100,7 +120,7 @@ def _call_source(n_in: int, perms: Optional[list], outputs: List[TensorMeta], se
             "        buf, packed = tls.block",
             "    except AttributeError:",
             "        buf, packed = tls.block = new_block()",
-            f"    patch(buf, 0, {''.join(f'p{v}, p{v}, ' for v in passed)})",   # allocated, aligned
+            f"    patch(buf, 0, {''.join(f'p{v}, p{v}, ' + ''.join(f'{c}, ' for c in k) for v, k in zip(passed, consts))})",
             *(["    with lock:", "        fn(packed)"] if serial else ["    fn(packed)"]),
             f"    return [{result}]"]
     return "\n".join(["def run(tensors, outs=None):", *body[:1], *prep, *body[1:],
@@ -177,10 +197,26 @@ def _restride(out: torch.Tensor, m: TensorMeta) -> torch.Tensor:
     return r.copy_(out)
 
 
+def _break_remainder(run: Callable, dynamic: list) -> Callable:
+    """Test hook (inject "remainder"): the kernel's first result made wrong in its last element whenever a dynamic
+    dim's size is not a multiple of 8, as a bug in a partial tile or a remainder loop would: right at the sizes a
+    first compile sees (multiples of 8), wrong at the others."""
+    def broken(tensors, outs=None):
+        res = run(tensors, outs)
+        if any(t.shape[d] % 8 for t, ds in zip(tensors, dynamic) for d in ds) and res and res[0] is not None \
+                and res[0].numel():
+            flat = res[0].view(-1)
+            flat[-1] = ~flat[-1] if flat.dtype == torch.bool else flat[-1] + 1
+        return res
+    return broken
+
+
 class _Descriptors:
     """The memref descriptors `main` takes, laid out in one buffer: the descriptors, then one desc* cell per
     argument, then the packed argument array (pointers to the cells) whose address the packed entry point takes.
-    `patch(buf, 0, allocated0, aligned0, allocated1, ...)` sets every data pointer in one C call."""
+    `patch(buf, 0, allocated0, aligned0, *consts[0], allocated1, ...)` writes every descriptor whole in one C call
+    (offset, sizes and strides are the constants `consts`: a struct format's pad bytes would write zeros over the
+    sizes that a kernel with dynamic dims reads)."""
 
     def __init__(self, metas: List[TensorMeta]):
         types = [memref_struct(len(m.shape)) for m in metas]
@@ -188,14 +224,9 @@ class _Descriptors:
         size = sum(ctypes.sizeof(t) for t in types)
         n = len(metas)
         proto = ctypes.create_string_buffer(size + 16 * n + 8)
-        for m, t, o in zip(metas, types, self.offsets):
-            if m.shape:
-                d = t.from_buffer(proto, o)
-                d.sizes[:] = list(m.shape)
-                d.strides[:] = list(_contiguous_strides(m.shape))
+        self.consts = [(0, *m.shape, *_contiguous_strides(m.shape)) for m in metas]
         self.proto, self.size, self.n = proto.raw, size, n
-        self.patch = struct.Struct("=" + "".join(f"{b - a - 16}xqq" for a, b in zip([-16] + self.offsets,
-                                                                                       self.offsets))).pack_into
+        self.patch = struct.Struct("=" + "".join("qqq" + "qq" * len(m.shape) for m in metas)).pack_into
 
     def new_block(self) -> tuple:
         """(buffer, address of its packed argument array): one per thread."""
@@ -215,16 +246,26 @@ class Kernel:
     layout the kernel takes (contiguous: a weight's t() is then not copied per call; else copied, by `_dense`)."""
 
     def __init__(self, llvm_ir: str, inputs: List[TensorMeta], outputs: List[TensorMeta],
-                 input_perms: Optional[list] = None, inplace_safe: bool = False, engine: Optional[tuple] = None):
+                 input_perms: Optional[list] = None, inplace_safe: bool = False, engine: Optional[tuple] = None,
+                 dynamic: Optional[list] = None, parent: Optional["Kernel"] = None, broken_remainder: bool = False):
         self.llvm_ir = llvm_ir
         self.inputs, self.outputs = list(inputs), list(outputs)
         self.input_perms = [tuple(p) if p is not None else None for p in input_perms] if input_perms else None
         self.inplace_safe = inplace_safe   # the kernel may write into input 0's memory (worker._single_pointwise)
-        # `engine`: (ctx, module, code, address of the packed entry point) already loaded (disk_cache: a shared
-        # library of the JIT's object code); else the IR is JIT-compiled here.
-        self._ctx, self._module, self._ee, addr = engine or _jit(llvm_ir)   # keep the code alive
-        if engine is not None and hasattr(self._ee, "_handle"):
-            weakref.finalize(self, _dlclose, self._ee._handle)     # an evicted kernel's library is unmapped
+        # `dynamic`: per input of the call, the dims whose size the code reads from its descriptor (None: a static
+        # kernel). `inputs` and `outputs` are then one concrete call's; `bind` gives the same code for another.
+        self.dynamic = [tuple(d) for d in dynamic] if dynamic else None
+        self._broken_remainder = broken_remainder
+        if parent is not None:                   # a binding shares its parent's code, kept alive through it
+            self._parent = parent
+            self._ctx, self._module, self._ee, self._addr = parent._ctx, parent._module, parent._ee, parent._addr
+        else:
+            # `engine`: (ctx, module, code, address of the packed entry point) already loaded (disk_cache: a
+            # shared library of the JIT's object code); else the IR is JIT-compiled here.
+            self._ctx, self._module, self._ee, self._addr = engine or _jit(llvm_ir)   # keep the code alive
+            if engine is not None and hasattr(self._ee, "_handle"):
+                weakref.finalize(self, _dlclose, self._ee._handle)     # an evicted kernel's library is unmapped
+        addr = self._addr
         descs = _Descriptors(self.inputs + [m for m in self.outputs if m is not None and not m.empty])
         # torch.empty_like of a one-element tensor expanded to the shape: ~0.6 us per output instead of ~1.1 us for
         # torch.empty(shape, dtype=...) (keyword parsing), and it holds no memory of the output's size. An expanded
@@ -238,9 +279,17 @@ class Kernel:
                "fn": ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr),
                **{f"T{i}": t for i, t in enumerate(templates)}, **{f"M{i}": m for i, m in enumerate(self.outputs)},
                **{f"P{i}": p for i, p in enumerate(self.input_perms or [])}}
-        exec(_call_source(len(self.inputs), self.input_perms, self.outputs, SCRATCH_SYMBOL in llvm_ir), env)
+        exec(_call_source(len(self.inputs), self.input_perms, self.outputs, SCRATCH_SYMBOL in llvm_ir, descs.consts), env)
         self.run: Callable = env.pop("run")      # popped: the functions' globals must not refer back to them
         self._call: Callable = env.pop("call")
+        if broken_remainder and self.dynamic:
+            self.run = _break_remainder(self.run, self.dynamic)
+
+    def bind(self, inputs: List[TensorMeta], outputs: List[TensorMeta]) -> "Kernel":
+        """This dynamic kernel's code for another concrete call: `inputs` (as the kernel takes them) and `outputs`
+        (native's results' metadata) of that call. ~0.1 ms: descriptors and entry points, no compile."""
+        return Kernel(self.llvm_ir, inputs, outputs, input_perms=self.input_perms, inplace_safe=self.inplace_safe,
+                      dynamic=self.dynamic, parent=self, broken_remainder=self._broken_remainder)
 
     @property
     def engine(self):

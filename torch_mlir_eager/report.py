@@ -27,6 +27,12 @@ class OpStats:
     max_abs_err: float = 0.0
     max_rel_err: float = 0.0
     repro: str = ""                   # dump-dir mode: the repro directory of the first failing key
+    # Shapes that change (shapes.py): compiles and calls of kernels dynamic in some dims (the rest are static),
+    # the concrete shapes a dynamic kernel was bound to, and why the op was left on static kernels, if it was
+    dynamic_compiles: int = 0
+    dynamic_calls: int = 0
+    dynamic_shapes: int = 0
+    dynamic_failed: str = ""
 
     @property
     def calls(self) -> int:
@@ -39,7 +45,9 @@ class OpStats:
                 "compile_s": round(self.compile_s, 6), "reasons": dict(self.reasons),
                 "fallback_by_category": dict(self.fallback_by_category),
                 "native_reason": self.native_reason, "verified": self.verified, "mismatches": self.mismatches,
-                "max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err, "repro": self.repro}
+                "max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err, "repro": self.repro,
+                "dynamic_compiles": self.dynamic_compiles, "dynamic_calls": self.dynamic_calls,
+                "dynamic_shapes": self.dynamic_shapes, "dynamic_failed": self.dynamic_failed}
 
 
 class Recorder:
@@ -72,17 +80,30 @@ class Recorder:
         with self._lock:
             self._row(op).user_errors += 1
 
-    def mlir(self, op: str, hit: bool) -> None:
+    def mlir(self, op: str, hit: bool, dynamic: bool = False) -> None:
         with self._lock:
             row = self._rows.get(op) or self._row(op)     # inline get: this runs on every cache hit
             row.mlir_calls += 1
             row.cache_hits += hit
+            row.dynamic_calls += dynamic
 
-    def compiled(self, op: str, seconds: float) -> None:
+    def compiled(self, op: str, seconds: float, dynamic: bool = False) -> None:
         with self._lock:
             row = self._row(op)
             row.compiles += 1
             row.compile_s += seconds
+            row.dynamic_compiles += dynamic
+
+    def bound(self, op: str) -> None:
+        """A dynamic kernel checked against native at a new concrete shape and kept for it."""
+        with self._lock:
+            self._row(op).dynamic_shapes += 1
+
+    def dynamic_failed(self, op: str, reason: str) -> None:
+        """A dynamic kernel did not compile or failed a check: the op stays on static kernels for that family."""
+        with self._lock:
+            row = self._row(op)
+            row.dynamic_failed = row.dynamic_failed or reason
 
     def fallback(self, op: str, category: str, reason: str) -> None:
         with self._lock:
@@ -129,7 +150,7 @@ class Report:
     def totals(self) -> dict:
         t = {k: sum(getattr(r, k) for r in self.rows)
              for k in ("calls", "mlir_calls", "fallback_calls", "native_calls", "user_errors", "cache_hits",
-                       "compiles", "verified", "mismatches")}
+                       "compiles", "verified", "mismatches", "dynamic_compiles", "dynamic_calls", "dynamic_shapes")}
         t["compile_s"] = round(sum(r.compile_s for r in self.rows), 6)
         decided = t["mlir_calls"] + t["fallback_calls"]
         t["mlir_share"] = t["mlir_calls"] / decided if decided else 1.0
@@ -159,13 +180,16 @@ class Report:
                 f"native by design (views, random, no tensor in/out, dynamic shapes): {t['native_calls']} calls "
                 f"({100 * t['native_share']:.1f}% of all {t['calls']}); "
                 + (f"user errors (native raised the same): {t['user_errors']} calls; " if t["user_errors"] else "")
-                + f"compile {t['compile_s']:.2f} s")
+                + f"compile {t['compile_s']:.2f} s"
+                + (f" ({t['dynamic_compiles']} of {t['compiles']} compiles dynamic, serving {t['dynamic_shapes']} "
+                   f"shapes; {t['dynamic_calls']} calls on dynamic kernels)" if t["dynamic_compiles"] else ""))
         failed = self.fell_back()
         parts = [f"{r.op} ({r.fallback_calls}: {', '.join(sorted(r.fallback_by_category))})" for r in failed]
         return line + ". Op(s) not lowered: " + (", ".join(parts) if parts else "none")
 
     def __str__(self) -> str:
-        head = ("op", "calls", "mlir", "fallback", "native", "hits", "compiles", "compile_s", "reasons")
+        head = ("op", "calls", "mlir", "fallback", "native", "hits", "compiles", "compile_s", "dyn kernels",
+                "dyn calls", "reasons")
         body = []
         for r in self.rows:
             why = "; ".join(f"{c}: {m}" for c, m in r.reasons.items())
@@ -178,8 +202,11 @@ class Report:
                       f"rel {r.max_rel_err:.3g}); " + why
             if r.repro:
                 why += f"; repro: {r.repro}"
+            if r.dynamic_failed:
+                why = (why + "; " if why else "") + f"static only: {r.dynamic_failed}"
             body.append((r.op, r.calls, r.mlir_calls, r.fallback_calls, r.native_calls, r.cache_hits,
-                         r.compiles, f"{r.compile_s:.3f}", why if r.repro else why[:120]))
+                         r.compiles, f"{r.compile_s:.3f}", r.dynamic_compiles, r.dynamic_calls,
+                         why if r.repro else why[:120]))
         widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head) - 1)]
         fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths)) + "  {}"
         lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths), "-------")]
@@ -208,6 +235,11 @@ def markdown(d: dict) -> str:
                           f"rel {r['max_rel_err']:.3g})")
         if r.get("repro"):
             why.append(f"repro: `{r['repro']}`")
+        if r.get("dynamic_compiles"):
+            why.append(f"dynamic: {r['dynamic_compiles']} kernels, {r['dynamic_calls']} calls, "
+                       f"{r['dynamic_shapes']} shapes")
+        if r.get("dynamic_failed"):
+            why.append(f"static only: {r['dynamic_failed']}")
         cell = "; ".join(why).replace("|", "\\|")
         lines.append(f"| `{r['op']}` | {r['calls']} | {r['mlir_calls']} | {r['fallback_calls']} | "
                      f"{r['native_calls']} | {share} | {r['compile_s']:.3f} | {cell} |")

@@ -20,6 +20,7 @@ LAYERS = [
     ["build"],
     ["worker.server", "worker.client"],                          # ... to here (client is host side)
     ["compiler"],                                                # disk -> worker -> Kernel
+    ["shapes"],                                                  # static or dynamic kernels per call family
     ["dispatch"],                                                # the hot path
     ["tensor"],
     ["__init__", "coverage", "__main__"],                        # public surface and tools

@@ -7,6 +7,7 @@ import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext, is_concrete_int
 
 from .. import decompositions
 from ..decompositions.libm import _traced
@@ -16,9 +17,23 @@ from ..spec import map_tensors
 _aten = torch.ops.aten
 
 
-def _fake_call(func, args, kwargs, tensors):
-    mode = FakeTensorMode()
-    fakes = [mode.from_tensor(t) for t in tensors]
+def fakes_for(tensors, dynamic=None) -> tuple:
+    """(mode, fake tensors) for a call's tensors. `dynamic` (per tensor, the dims that vary): those dims become
+    symbols of one ShapeEnv, so the graph's types say `?` there (the FX importer's rule for a SymInt); every other
+    dim stays the call's own size."""
+    if not dynamic or not any(dynamic):
+        mode = FakeTensorMode()
+        return mode, [mode.from_tensor(t) for t in tensors]
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    fakes = []
+    for t, dims in zip(_distinct(tensors), dynamic):
+        sizes = [DimDynamic.DYNAMIC if i in dims else DimDynamic.STATIC for i in range(t.dim())]
+        fakes.append(mode.from_tensor(t, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes)))
+    return mode, fakes
+
+
+def _fake_call(func, args, kwargs, tensors, dynamic=None):
+    mode, fakes = fakes_for(tensors, dynamic)
     it = iter(fakes)
     fargs = map_tensors((args, kwargs), lambda _t: next(it))
     try:
@@ -27,6 +42,11 @@ def _fake_call(func, args, kwargs, tensors):
     except Exception as e:  # bad input (native raises the same) or a data-dependent output shape
         raise CompileFailure("meta", f"{type(e).__name__}: {e}") from None
     return fakes, out
+
+
+def dims(shape) -> list:
+    """A fake tensor's sizes as the importer types them: an int, or None for a symbolic (`?`) size."""
+    return [d if is_concrete_int(d) else None for d in shape]
 
 
 def computed(outs) -> list:
@@ -62,11 +82,11 @@ def _inverse(p) -> list:
     return inv
 
 
-def one_node_graph(func, args, kwargs, tensors, perms=None) -> tuple:
+def one_node_graph(func, args, kwargs, tensors, perms=None, dynamic=None) -> tuple:
     """(graph, fake results): placeholders carry FakeTensor meta values; one call_function node on the OpOverload.
     `perms` (per tensor, None or p): that placeholder is the contiguous base t.permute(p), permuted back in the
-    graph."""
-    fakes, out = _fake_call(func, args, kwargs, tensors)
+    graph. `dynamic`: see `fakes_for`."""
+    fakes, out = _fake_call(func, args, kwargs, tensors, dynamic)
     results = _results(out)
     g = fx.Graph()
     phs = []
@@ -124,10 +144,10 @@ _SPATIAL_FLAT = frozenset({_aten.native_batch_norm.default, _aten._native_batch_
                            _aten._native_batch_norm_legit.default, _aten._native_batch_norm_legit.no_stats})
 
 
-def decomposed_graph(func, args, kwargs, tensors, perms=None) -> tuple:
+def decomposed_graph(func, args, kwargs, tensors, perms=None, dynamic=None) -> tuple:
     """(graph, fake results) of the op traced through a decomposition table: still one call -> one module.
-    `perms`: as for `one_node_graph`."""
-    _, out = _fake_call(func, args, kwargs, tensors)
+    `perms`, `dynamic`: as for `one_node_graph`."""
+    _, out = _fake_call(func, args, kwargs, tensors, dynamic)
     results = _results(out)
 
     flat = func in _SPATIAL_FLAT and isinstance(args[0], torch.Tensor) and args[0].dim() > 3
@@ -147,13 +167,27 @@ def decomposed_graph(func, args, kwargs, tensors, perms=None) -> tuple:
         return tuple(x for x, c in zip(r, computed(r)) if c)
 
     try:
-        bases = _distinct(tensors if not perms else
-                          [t if p is None else t.permute(p) for t, p in zip(tensors, perms)])
-        gm = _traced(lambda: make_fx(fn, decomposition_table=decompositions.for_op(func), tracing_mode="fake")(*bases))
+        gm = _traced(lambda: make_fx(fn, decomposition_table=decompositions.for_op(func), tracing_mode="fake")(
+            *_trace_inputs(tensors, perms, dynamic)))
     except Exception as e:
         raise CompileFailure("import", f"decomposition: {type(e).__name__}: {e}") from None
     gm.graph.eliminate_dead_code()   # decompositions leave unused temporaries (zero-size stats, ...)
     return gm.graph, results
+
+
+def base_dynamic(perms, dynamic):
+    """`dynamic` for the bases a kernel takes (t.permute(p)): base dim j is the call's dim p[j]."""
+    if not dynamic or not perms:
+        return dynamic
+    return [d if p is None else tuple(j for j, i in enumerate(p) if i in d) for d, p in zip(dynamic, perms)]
+
+
+def _trace_inputs(tensors, perms, dynamic) -> list:
+    """What make_fx traces with: each base a distinct tensor; fakes with symbolic dims where `dynamic` says."""
+    bases = _distinct(tensors if not perms else [t if p is None else t.permute(p) for t, p in zip(tensors, perms)])
+    if not dynamic or not any(dynamic):
+        return bases
+    return fakes_for(bases, base_dynamic(perms, dynamic))[1]
 
 
 def _distinct(tensors) -> list:
@@ -180,10 +214,10 @@ def needs_upcast(tensors, natives) -> bool:
     return any(t.dtype in HALF for t in tensors) or any(n is not None and n.dtype in HALF for n in natives)
 
 
-def upcast_graph(func, args, kwargs, tensors, perms=None, decompose: bool = False) -> tuple:
+def upcast_graph(func, args, kwargs, tensors, perms=None, decompose: bool = False, dynamic=None) -> tuple:
     """(graph, fake results) of the call with float16/bfloat16 tensor inputs converted to float32, the op (or its
     decomposition) run on them, and each result converted to native's dtype."""
-    _, out = _fake_call(func, args, kwargs, tensors)
+    _, out = _fake_call(func, args, kwargs, tensors, dynamic)
     results = _results(out)
     wants = list(out) if isinstance(out, (tuple, list)) else [out]
     keep = computed(wants)
@@ -199,10 +233,9 @@ def upcast_graph(func, args, kwargs, tensors, perms=None, decompose: bool = Fals
         return tuple(x if x.dtype == w.dtype else x.to(w.dtype) for x, w, c in zip(r, wants, keep) if c)
 
     try:
-        bases = _distinct(tensors if not perms else
-                          [t if p is None else t.permute(p) for t, p in zip(tensors, perms)])
         table = decompositions.for_op(func) if decompose else {}
-        gm = _traced(lambda: make_fx(fn, decomposition_table=table, tracing_mode="fake")(*bases))
+        gm = _traced(lambda: make_fx(fn, decomposition_table=table, tracing_mode="fake")(
+            *_trace_inputs(tensors, perms, dynamic)))
     except Exception as e:
         raise CompileFailure("import", f"float32 upcast: {type(e).__name__}: {e}") from None
     gm.graph.eliminate_dead_code()

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from ..errors import CompileFailure
-from ..kernel import MLIR_ELEMENT, Kernel, link_library, load_library
+from ..kernel import MLIR_ELEMENT, Kernel, kernel_inputs, link_library, load_library, output_metas
 from ..spec import map_tensors
 from ..validate import result_guard, tolerance
 
@@ -41,17 +41,19 @@ class Lowered:
     inputs: list                    # TensorMeta per input
     outputs: list                   # TensorMeta per result (None: not computed)
     perms: Optional[list] = None    # per input, None or the permutation the kernel undoes itself
+    dynamic: Optional[list] = None  # per input of the call, the dims the kernel takes at any size (None: static)
 
 
 def _signature_check(module, inputs, outputs) -> None:
-    """The lowered function's types must be the ones native PyTorch gives (else the kernel would overrun buffers)."""
+    """The lowered function's types must be the ones native PyTorch gives (else the kernel would overrun buffers).
+    `inputs`, `outputs`: (sizes, dtype) per tensor, a size None where the type must say `?`."""
     func = next(op for op in module.body.operations if op.operation.name == "func.func")
     ftype = func.attributes["function_type"].value
     for kind, types, metas in (("input", ftype.inputs, inputs), ("result", ftype.results, outputs)):
         if len(types) != len(metas):
             raise CompileFailure("meta", f"{kind} count {len(types)} != {len(metas)}")
-        for t, m in zip(types, metas):
-            want = f"tensor<{''.join(f'{d}x' for d in m.shape)}{MLIR_ELEMENT[m.dtype]}>"
+        for t, (shape, dtype) in zip(types, metas):
+            want = f"tensor<{''.join('?x' if d is None else f'{d}x' for d in shape)}{MLIR_ELEMENT[dtype]}>"
             if str(t) != want:
                 raise CompileFailure("meta", f"{kind} type {t} != native {want}")
 
@@ -91,13 +93,24 @@ def qualify(call: Call, k: Lowered, link: bool = True, inject: str = "") -> Opti
     aborts = _runtime_aborts(k.llvm_ir)
     if aborts and not all(m.startswith(_INDEX_ASSERTS) for m in aborts.split("; ")):
         raise CompileFailure("unsupported", f"kernel has a run-time check that aborts the process: {aborts}")
-    kernel = Kernel(k.llvm_ir, k.inputs, k.outputs, input_perms=k.perms)
+    broken = inject == "remainder"
+    kernel = Kernel(k.llvm_ir, k.inputs, k.outputs, input_perms=k.perms, dynamic=k.dynamic, broken_remainder=broken)
     so = link_library(kernel) if link else None
     engine = load_library(so) if so is not None else None
     if engine is not None:
-        kernel = Kernel(k.llvm_ir, k.inputs, k.outputs, input_perms=k.perms, engine=engine)
+        kernel = Kernel(k.llvm_ir, k.inputs, k.outputs, input_perms=k.perms, engine=engine, dynamic=k.dynamic,
+                        broken_remainder=broken)
     else:
         so = None
+    _check(kernel, call, inject)
+    if k.dynamic:
+        for size, probe in probes(call, k.dynamic):
+            bound = kernel.bind(kernel_inputs(probe.tensors, k.perms), output_metas(probe.natives, k.outputs))
+            _check(bound, probe, inject, f"dynamic kernel at size {size} of its dynamic dims: ")
+    return so
+
+
+def _check(kernel: Kernel, call: Call, inject: str, what: str = "") -> None:
     outs = _run(kernel, call.tensors)
     guard = result_guard(call.func)
     if guard is not None and guard(outs) is not None:
@@ -114,5 +127,44 @@ def qualify(call: Call, k: Lowered, link: bool = True, inject: str = "") -> Opti
         try:
             torch.testing.assert_close(got, want, equal_nan=True, **tolerance(call.func, want))
         except AssertionError as e:
-            raise CompileFailure("mismatch", " ".join(str(e).split("\n")[:3])) from None
-    return so
+            raise CompileFailure("mismatch", what + " ".join(str(e).split("\n")[:3])) from None
+
+
+# Sizes a dynamic kernel is checked at besides its first call's, each the smallest dynamic size moved there (the
+# others moved by as much, so sizes that were equal stay equal): 1 past a multiple of 32 (so of 16 and 8 too), 1
+# below one, a prime. A partial tile or a remainder loop is where dynamic code goes wrong.
+PROBES = (33, 31, 13)
+
+
+def probes(call: Call, dynamic) -> list:
+    """(size, Call) at each of PROBES that native PyTorch accepts; inputs refilled by repeating their own values
+    (in the domain the op takes: indices in range, positive where a log needs it)."""
+    sizes = sorted({t.shape[d] for t, ds in zip(call.tensors, dynamic) for d in ds})
+    if not sizes:
+        return []
+    found = []
+    for size in PROBES:
+        delta = size - sizes[0]
+        if delta == 0:
+            continue
+        new = [_refilled(t, [s + delta if i in ds else s for i, s in enumerate(t.shape)])
+               for t, ds in zip(call.tensors, dynamic)]
+        it = iter(new)
+        a, kw = map_tensors((call.args, call.kwargs), lambda _t: next(it))
+        try:
+            out = call.func(*a, **kw)
+        except Exception:        # sizes native refuses (a relation between dims other than equality)
+            continue
+        found.append((size, dataclasses.replace(call, args=a, kwargs=kw, tensors=new,
+                                                natives=list(out) if isinstance(out, (tuple, list)) else [out])))
+    return found
+
+
+def _refilled(t: torch.Tensor, shape) -> torch.Tensor:
+    flat = t.detach().reshape(-1)
+    n = 1
+    for s in shape:
+        n *= s
+    if not flat.numel() or not n:
+        return torch.zeros(shape, dtype=t.dtype)
+    return flat[torch.arange(n) % flat.numel()].reshape(shape).clone()

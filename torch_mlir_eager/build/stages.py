@@ -46,18 +46,19 @@ def _tails(module, req: Request, noalias: bool, pre: str) -> List[_Tail]:
                   lambda m: schedules.to_llvm(m, sched, noalias=noalias)), plain]
 
 
-def _graph(call: Call, perms, decompose: bool, upcast: bool):
+def _graph(call: Call, perms, decompose: bool, upcast: bool, dynamic):
     c = (call.func, call.args, call.kwargs, call.tensors, perms)
     if upcast:
-        return graph.upcast_graph(*c, decompose)
-    return (graph.decomposed_graph if decompose else graph.one_node_graph)(*c)
+        return graph.upcast_graph(*c, decompose, dynamic=dynamic)
+    return (graph.decomposed_graph if decompose else graph.one_node_graph)(*c, dynamic=dynamic)
 
 
 def _attempt(ctx, call: Call, req: Request, decompose: bool) -> Compiled:
     t0 = time.perf_counter()
     perms = graph.transposed_rhs_perms(call.func, call.tensors, call.natives) if req.schedules else None
     upcast = graph.needs_upcast(call.tensors, call.natives)
-    g, fakes = _graph(call, perms, decompose, upcast)
+    dynamic = list(req.dynamic) if any(req.dynamic) else None
+    g, fakes = _graph(call, perms, decompose, upcast, dynamic)
     for f in fakes:
         if f.dtype not in MLIR_ELEMENT:
             raise CompileFailure("unsupported", f"result dtype {f.dtype}")
@@ -80,7 +81,14 @@ def _attempt(ctx, call: Call, req: Request, decompose: bool) -> Compiled:
     ins = [TensorMeta(t.shape, t.dtype) for t in bases]
     outs = [TensorMeta.of(n, empty=not c) if n is not None else None
             for n, c in zip(call.natives, graph.computed(call.natives))]
-    _signature_check(module, ins, [m for m in outs if m is not None and not m.empty])
+    if dynamic:     # the types say `?` where the sizes are symbols
+        in_types = [([None if i in d else s for i, s in enumerate(m.shape)], m.dtype)
+                    for m, d in zip(ins, graph.base_dynamic(perms, dynamic))]
+        out_types = [(graph.dims(f.shape), f.dtype) for f in fakes]
+    else:
+        in_types = [(m.shape, m.dtype) for m in ins]
+        out_types = [(m.shape, m.dtype) for m in outs if m is not None and not m.empty]
+    _signature_check(module, in_types, out_types)
     inplace_safe = rewrites.single_pointwise(module)
     rewrites.flatten_elementwise(module)
     _dump(req, pre + "flat.mlir", lambda: str(module))
@@ -95,14 +103,14 @@ def _attempt(ctx, call: Call, req: Request, decompose: bool) -> Compiled:
             if tail.dump:
                 _dump(req, tail.dump, lambda: llvm_ir)
                 _dump(req, "stage.txt", lambda: pre + "jit")
-            so = qualify(call, Lowered(llvm_ir, ins, outs, perms), req.link, req.inject)
+            so = qualify(call, Lowered(llvm_ir, ins, outs, perms, dynamic), req.link, req.inject)
         except Exception as e:      # whatever went wrong with a schedule, plain loops come next
             if tail is tails[-1]:
                 raise
             failed = f"{tail.name}: {type(e).__name__}: {e}"
             continue
         times = dict(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3)
-        return Compiled(llvm_ir, ins, outs, so, schedule=tail.name, decomposed=decompose, inplace_safe=inplace_safe,
+        return Compiled(llvm_ir, ins, outs, so, schedule=tail.name, dynamic=bool(dynamic), decomposed=decompose, inplace_safe=inplace_safe,
                         upcast=upcast, input_perms=perms, schedule_failed=failed, times=times)
     raise AssertionError("unreachable: the plain tail raises or returns")
 

@@ -27,7 +27,9 @@ class Request:
     threads: int = 1                # threads a scheduled kernel may use
     dump: str = ""                  # a repro directory to write each stage's input into (repro.py), or ""
     link: bool = True               # link the qualified object code into a shared library
-    inject: str = ""                # tests' fault injection: "abort", "hang" or "wrong"
+    inject: str = ""                # tests' fault injection: "abort", "hang", "wrong" or "remainder"
+    # Per tensor argument, the dims the kernel must take at any size (`?` in its types); () = a static kernel
+    dynamic: tuple = ()
 
 
 @dataclasses.dataclass
@@ -43,13 +45,14 @@ class Compiled:
     upcast: bool = False            # float16/bfloat16 computed in float32
     input_perms: Optional[list] = None   # per input, None or the permutation the kernel undoes itself
     schedule_failed: str = ""       # why the schedule tried first was dropped
+    dynamic: bool = False           # some dims are `?`: qualified at the call's sizes and at qualify.PROBES
     times: dict = dataclasses.field(default_factory=dict)   # stage -> seconds
 
     def summary(self) -> str:
         """One log line's worth: stage times, then what was decided."""
         parts = [f"{k} {1e3 * v:.1f} ms" for k, v in self.times.items()]
         parts.append(f"schedule {self.schedule}")
-        parts += [f"{f} {getattr(self, f)}" for f in ("decomposed", "inplace_safe", "upcast", "input_perms",
+        parts += [f"{f} {getattr(self, f)}" for f in ("dynamic", "decomposed", "inplace_safe", "upcast", "input_perms",
                                                       "schedule_failed") if getattr(self, f)]
         return ", ".join(parts)
 

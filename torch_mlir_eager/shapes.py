@@ -1,0 +1,194 @@
+"""Shapes that change: a kernel dynamic in the dims that vary, compiled once per call family, bound per shape.
+
+A call family is a cache key with its tensors' sizes left out (`generic`): the op, each tensor's dtype, rank, layout
+and which dims are 0 or 1, and every other argument. Policy (config `dynamic`):
+- "auto": a family's first shape gets a static kernel (the fast path for shapes that repeat). A later shape that
+  differs in some dims gets one kernel dynamic in those dims (and in any that varied before), used for every
+  later shape that differs only there.
+- "always": every dim of size >= 2 is dynamic from the first call. "never": one static kernel per shape.
+Dims of size 0 and 1 stay static (broadcasting decides on them; a dynamic dim never broadcasts in torch-mlir's
+lowering), so they are part of the family.
+
+Checks: the worker qualifies a dynamic kernel at its first call's sizes and at sizes that end in partial tiles
+(build/qualify.PROBES); here, the first run at each new concrete shape is compared with native PyTorch, whose
+results also give that shape's output metadata. The bound kernel is then cached under the concrete key, so a hit
+costs what a static hit does. A dynamic kernel that fails to compile or a check leaves its family on static
+kernels (reported per op).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+import cachetools
+import torch
+
+from . import compiler, config, validate
+from .errors import CompileFailure
+from .kernel import Kernel, kernel_inputs, output_metas
+from .report import Recorder
+
+log = logging.getLogger(__name__)
+
+
+class _Family:
+    """What one call family has seen: its first shapes, and its dynamic kernel (or why it has none)."""
+    __slots__ = ("seen", "kernel", "template", "failed")
+
+    def __init__(self):
+        self.seen: list = []                 # shapes (a tuple per tensor) its static kernels were compiled for
+        self.kernel: Optional[Kernel] = None
+        self.template: tuple = ()            # the dynamic kernel's sizes, -1 in its dynamic dims
+        self.failed = ""                     # why the family stays static
+
+
+_SEEN_KEPT = 8
+_families: cachetools.LRUCache = cachetools.LRUCache(16384)
+_lock = threading.Lock()
+
+
+def reset() -> None:
+    """Forget every family (tests; the kernel cache is cleared separately)."""
+    with _lock:
+        _families.clear()
+
+
+def _generic_entry(x):
+    if type(x) is tuple and len(x) == 3 and type(x[0]) is torch.Size:      # a tensor's (shape, dtype, layout)
+        shape, dtype, layout = x
+        small = tuple(s if s < 2 else -1 for s in shape)
+        order = True if layout is True else tuple(sorted(range(len(shape)), key=lambda i: (-layout[i], i)))
+        return ("tensor", small, dtype, order)
+    return x
+
+
+def generic(key: tuple) -> tuple:
+    """The call family of a concrete cache key (spec.flatten): its tensors' sizes >= 2 left out."""
+    return tuple(_generic_entry(x) for x in key)
+
+
+def _template(shapes, dyn) -> tuple:
+    return tuple(tuple(-1 if i in d else s for i, s in enumerate(shape)) for shape, d in zip(shapes, dyn))
+
+
+def _serves(template: tuple, shapes) -> bool:
+    return all(len(t) == len(s) and all(a == -1 or a == b for a, b in zip(t, s)) for t, s in zip(template, shapes))
+
+
+def _wanted(fam: _Family, shapes, mode: str) -> tuple:
+    """Per tensor, the dims a dynamic kernel for this call should have; () when it should be static."""
+    if mode == "always":
+        dyn = [tuple(i for i, s in enumerate(shape) if s >= 2) for shape in shapes]
+    else:
+        if not fam.seen and fam.kernel is None:
+            return ()
+        sets = [set() for _ in shapes]
+        for old in fam.seen:
+            for d, a, b in zip(sets, old, shapes):
+                d.update(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        for d, t in zip(sets, fam.template):
+            d.update(i for i, s in enumerate(t) if s == -1)
+        dyn = [tuple(sorted(d)) for d in sets]
+    return tuple(dyn) if any(dyn) else ()
+
+
+def _why(fam: _Family, shapes, dyn) -> str:
+    """`dim 0 of arg 0 varies (8 -> 9)` for the log: the tensor arguments' dims that made this kernel dynamic."""
+    old = fam.seen[-1] if fam.seen else None
+    parts = []
+    for n, (d, shape) in enumerate(zip(dyn, shapes)):
+        for i in d:
+            change = f"{old[n][i]} -> {shape[i]}" if old is not None and old[n][i] != shape[i] else ""
+            parts.append((f"dim {i} of arg {n}", change))
+    if len(parts) == 1:
+        what, change = parts[0]
+        return what + " varies" + (f" ({change})" if change else "")
+    text = ", ".join(w + (f" ({c})" if c else "") for w, c in parts[:4])
+    return text + (f" and {len(parts) - 4} more" if len(parts) > 4 else "") + " vary"
+
+
+def kernel_for(recorder: Recorder, key: tuple, name: str, func, args, kwargs, tensors) -> Kernel:
+    """The kernel for a call whose concrete key missed the cache: a dynamic kernel of its family bound to its
+    shapes, a new dynamic kernel, or a static one (compiled or from disk). Raises CompileFailure."""
+    mode = config.get().dynamic
+    if mode != "never" and tensors:
+        g = generic(key)
+        shapes = tuple(tuple(t.shape) for t in tensors)
+        with _lock:
+            fam = _families.get(g)
+            if fam is None:
+                fam = _families[g] = _Family()
+        if fam.kernel is not None and _serves(fam.template, shapes):
+            bound = _bind(recorder, fam, fam.kernel, key, name, func, args, kwargs, tensors)
+            if bound is not None:
+                return bound
+        dyn = () if fam.failed else _wanted(fam, shapes, mode)
+        if dyn:
+            log.info("%s: %s: compiling a kernel dynamic in %s", name, _why(fam, shapes, dyn),
+                     "them" if sum(map(len, dyn)) > 1 else "it")
+            k = _compile(recorder, g + ("dynamic", _template(shapes, dyn)), name, func, args, kwargs, tensors, dyn,
+                         fam)
+            if k is not None:
+                fam.kernel, fam.template = k, _template(shapes, dyn)
+                bound = _bind(recorder, fam, k, key, name, func, args, kwargs, tensors)
+                if bound is not None:
+                    return bound
+        if len(fam.seen) < _SEEN_KEPT:
+            fam.seen.append(shapes)
+    return _compile(recorder, key, name, func, args, kwargs, tensors)
+
+
+def _compile(recorder: Recorder, key, name, func, args, kwargs, tensors, dyn=None, fam=None) -> Optional[Kernel]:
+    """A static kernel (raises CompileFailure), or with `dyn` a dynamic one (None if it fails: `fam` stays
+    static)."""
+    t0 = time.perf_counter()
+    try:
+        return compiler.compile_kernel(key, func, args, kwargs, tensors, dynamic=dyn)
+    except CompileFailure as e:
+        if dyn is None:
+            raise
+        _give_up(recorder, fam, name, f"{e.category}: {e.reason}")
+        return None
+    finally:
+        recorder.compiled(name, time.perf_counter() - t0, dynamic=dyn is not None)
+
+
+def _give_up(recorder: Recorder, fam: _Family, name: str, why: str) -> None:
+    fam.kernel, fam.failed = None, why[:300]
+    recorder.dynamic_failed(name, fam.failed)
+    log.info("%s: no dynamic kernel, static kernels from now on (%s)", name, fam.failed)
+
+
+def _bind(recorder: Recorder, fam: _Family, k: Kernel, key, name, func, args, kwargs, tensors) -> Optional[Kernel]:
+    """`k` bound to this call's shapes after its first run there matched native PyTorch, and cached under the
+    concrete key; None where the result cannot be judged (values the dispatcher would refuse) or the check
+    failed (the family then stays static)."""
+    try:
+        out = func(*args, **kwargs)
+    except Exception as e:           # the user's own error: the dispatcher's fallback raises it again, natively
+        raise CompileFailure("meta", f"native: {type(e).__name__}: {e}") from None
+    want = list(out) if isinstance(out, (tuple, list)) else [out]
+    try:
+        bound = k.bind(kernel_inputs(tensors, k.input_perms), output_metas(want, k.outputs))
+        got = bound.run(tensors)
+    except Exception as e:
+        _give_up(recorder, fam, name, f"binding at {[tuple(t.shape) for t in tensors]}: {type(e).__name__}: {e}")
+        return None
+    guard = validate.result_guard(func)
+    if guard is not None and guard(got) is not None:
+        return None
+    for g, w in zip(got, want):
+        if w is None:
+            continue
+        try:
+            torch.testing.assert_close(g, w, equal_nan=True, check_stride=False, **validate.tolerance(func, w))
+        except AssertionError as e:
+            shapes = [tuple(t.shape) for t in tensors]
+            _give_up(recorder, fam, name, f"mismatch at {shapes} on its first run there: "
+                     + " ".join(str(e).split("\n")[1:3]).strip())
+            return None
+    compiler.cache().put(key, bound)
+    recorder.bound(name)
+    return bound
