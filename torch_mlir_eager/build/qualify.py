@@ -64,6 +64,14 @@ def _signature_check(module, inputs, outputs) -> None:
 _INDEX_ASSERTS = ("index must be larger or equal to 0", "index must be smaller than dim size")
 
 
+# Checks torch-mlir puts on dynamic sizes ("mismatched size for broadcast", "mismatching contracting dimension"):
+# they cannot fire either, because a dynamic kernel runs at a new shape only after native PyTorch ran that very
+# call (shapes._bind) and so accepted its sizes; dims of size 0 and 1, where torch-mlir's checks are stricter
+# than PyTorch's broadcasting, are never dynamic. Value checks ("tensor with zero element") are not of this kind.
+_SHAPE_CHECK = re.compile(r"^(mismatch\w*|expected|unequal|incompatible)\b.*\b(size|sizes|dim|dims|dimension|"
+                          r"dimensions|shape|shapes|rank)\b", re.IGNORECASE)
+
+
 def _runtime_aborts(llvm_ir: str) -> str:
     """The messages of the kernel's run-time assertions ("" if none). torch-mlir lowers some value checks to an
     abort() in the kernel (linalg_vector_norm: "unimplemented: tensor with zero element", reached with a NaN
@@ -91,7 +99,8 @@ def qualify(call: Call, k: Lowered, link: bool = True, inject: str = "") -> Opti
     native's (validate.result_guard: a NaN in a layer norm's row, a flagged factorization), they prove nothing:
     the kernel is qualified on `call.resampled()` instead."""
     aborts = _runtime_aborts(k.llvm_ir)
-    if aborts and not all(m.startswith(_INDEX_ASSERTS) for m in aborts.split("; ")):
+    if aborts and not all(m.startswith(_INDEX_ASSERTS) or k.dynamic and _SHAPE_CHECK.search(m)
+                          for m in aborts.split("; ")):
         raise CompileFailure("unsupported", f"kernel has a run-time check that aborts the process: {aborts}")
     broken = inject == "remainder"
     kernel = Kernel(k.llvm_ir, k.inputs, k.outputs, input_perms=k.perms, dynamic=k.dynamic, broken_remainder=broken)
