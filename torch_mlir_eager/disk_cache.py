@@ -144,7 +144,8 @@ class DiskCache:
                 if engine is None:
                     self.so_failures += 1          # the IR is JIT-compiled instead
             kernel = Kernel(ir.decode(), [_meta(m) for m in meta["inputs"]], [_meta(m) for m in meta["outputs"]],
-                            input_perms=meta["input_perms"], inplace_safe=meta["inplace_safe"], engine=engine)
+                            input_perms=meta["input_perms"], inplace_safe=meta["inplace_safe"], engine=engine,
+                            dynamic=meta.get("dynamic"))
         except Exception as e:           # anything off: never run it, compile it again
             self._drop(base, f"{type(e).__name__}: {e}")
             return None
@@ -180,7 +181,8 @@ class DiskCache:
                     "so_sha256": _sha(so) if so is not None else None,
                     "inputs": [_meta_json(m) for m in kernel.inputs],
                     "outputs": [_meta_json(m) for m in kernel.outputs],
-                    "input_perms": kernel.input_perms, "inplace_safe": kernel.inplace_safe}
+                    "input_perms": kernel.input_perms, "inplace_safe": kernel.inplace_safe,
+                    "dynamic": kernel.dynamic}
             written = _write(base + ".mlir", ir)
             if so is not None:
                 written += _write(base + ".so", so)

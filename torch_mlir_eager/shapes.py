@@ -147,8 +147,8 @@ def _compile(recorder: Recorder, key, name, func, args, kwargs, tensors, dyn=Non
     try:
         return compiler.compile_kernel(key, func, args, kwargs, tensors, dynamic=dyn)
     except CompileFailure as e:
-        if dyn is None:
-            raise
+        if dyn is None or e.category == "meta" and e.reason.startswith("native:"):
+            raise                    # static, or the user's own error (native raised): not the family's failure
         _give_up(recorder, fam, name, f"{e.category}: {e.reason}")
         return None
     finally:

@@ -67,9 +67,10 @@ _INDEX_ASSERTS = ("index must be larger or equal to 0", "index must be smaller t
 # Checks torch-mlir puts on dynamic sizes ("mismatched size for broadcast", "mismatching contracting dimension"):
 # they cannot fire either, because a dynamic kernel runs at a new shape only after native PyTorch ran that very
 # call (shapes._bind) and so accepted its sizes; dims of size 0 and 1, where torch-mlir's checks are stricter
-# than PyTorch's broadcasting, are never dynamic. Value checks ("tensor with zero element") are not of this kind.
-_SHAPE_CHECK = re.compile(r"^(mismatch\w*|expected|unequal|incompatible)\b.*\b(size|sizes|dim|dims|dimension|"
-                          r"dimensions|shape|shapes|rank)\b", re.IGNORECASE)
+# than PyTorch's broadcasting, are never dynamic. Value checks ("tensor with zero element") are not of this kind;
+# "dynamic negative broadcast sizes" is: the sizes it checks are the kernel's own tensors' dims, never negative.
+_SHAPE_CHECK = re.compile(r"^(?!unimplemented).*\b(size|sizes|dim|dims|dimension|dimensions|shape|shapes|rank|"
+                          r"broadcast)\b|^unimplemented: dynamic negative broadcast sizes$", re.IGNORECASE)
 
 
 def _runtime_aborts(llvm_ir: str) -> str:
