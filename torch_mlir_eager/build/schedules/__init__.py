@@ -44,8 +44,10 @@ def select(module, threads: int = 1) -> Optional[Schedule]:
         return None
     op = found[0]
     shape = ir.RankedTensorType(op.results[0].type).shape
+    if any(d < 0 for d in shape):
+        return matmul.dynamic_plan(op, shape, threads)
     plan = PLANS.get(op.name)
-    if plan is None or any(d < 0 for d in shape):
+    if plan is None:
         return None
     return plan(op, shape, threads)
 

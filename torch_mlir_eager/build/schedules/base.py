@@ -51,11 +51,56 @@ transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) 
   {panel}
   %t, %l:{nloops} = transform.structured.{register} %{target}p tile_sizes [{tiles}, 0]
     : (!transform.any_op) -> (!transform.any_op{handles})
-  %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
+{vectorize}""" + TAIL
+
+
+# The register tile stepped along k and vectorized (REGISTER_TILE's end for static shapes).
+VECTORIZE = """  %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
     : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
   transform.structured.vectorize %t2 : !transform.any_op
   {fill_vec}
-""" + TAIL
+"""
+
+
+# Dynamic rows (M a `?`): the register tiles' row loop peeled into full tiles, which canonicalize to static shapes
+# and vectorize as above, and one partial tile after them, vectorized with masks at the full tile's sizes. Full
+# tiles keep the static kernel's code; the mask costs only in the last rows.
+PEELED = """  %rows = transform.cast %l#{rows} : !transform.any_op to !transform.op<"scf.for">
+  %full, %part = transform.loop.peel %rows : (!transform.op<"scf.for">) -> (!transform.any_op, !transform.any_op)
+  %fpeel = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
+  transform.apply_patterns to %fpeel {{
+    transform.apply_patterns.canonicalization
+  }} : !transform.any_op
+{full}{part}"""
+
+
+# In one of the peeled loops (%{loop}): the contraction (`match`) stepped along k and vectorized (`sizes`: the
+# vector sizes for a partial tile), then its fused accumulator fill, if any.
+PEELED_TILE = """  %{loop}0 = transform.structured.match {match} in %{loop} : (!transform.any_op) -> !transform.any_op
+  %{loop}1, %{loop}k = transform.structured.tile_using_for %{loop}0 tile_sizes [{ktile}]
+    : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
+  transform.structured.vectorize %{loop}1{sizes} : !transform.any_op
+"""
+
+
+PEELED_FILL = """  %{loop}f = transform.structured.match ops{{["linalg.fill"]}} in %{loop} : (!transform.any_op) -> !transform.any_op
+  transform.structured.vectorize %{loop}f{sizes} : !transform.any_op
+"""
+
+
+def _vectorize(ktile: str, fill_vec: str, peel=None) -> str:
+    """REGISTER_TILE's end: VECTORIZE, or with `peel` = (index of the row loop among the tile loops, the
+    contraction's match text, register tile sizes per parallel dim) PEELED."""
+    if peel is None:
+        return VECTORIZE.format(ktile=ktile, fill_vec=fill_vec)
+    rows, match, tiles = peel
+    parts = []
+    for loop, sizes in (("full", ""), ("part", f" vector_sizes [{', '.join(map(str, tiles + [1]))}]")):
+        parts.append(PEELED_TILE.format(loop=loop, match=match, ktile=ktile, sizes=sizes))
+        if fill_vec:
+            parts.append(PEELED_FILL.format(loop=loop, sizes=sizes and f" vector_sizes [{', '.join(map(str, tiles))}]"))
+    return PEELED.format(rows=rows, full=parts[0] + (parts[1] if fill_vec else ""),
+                         part="".join(parts[2 if fill_vec else 1:]))
 
 
 FUSED_PANEL = ("%{target}p, %panels = transform.structured.fuse %{target} tile_sizes [{sizes}]"
@@ -108,12 +153,13 @@ def _forall(src: str, out: str, counts) -> str:
     return FORALL.format(out=out, src=src, counts=", ".join(map(str, counts)))
 
 
-def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: bool = False) -> str:
+def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: bool = False, peel=None) -> str:
     """A register-tile schedule: `tiles` for the op's parallel dims (k, the last dim, is stepped by 1). `panel`: an
     int > 0 first cuts the last parallel dim (N) into panels of that width, so that a K x panel slice of the
     right-hand operand stays in cache while every row tile passes over it (without it each row tile streams all
     of it); a list gives the panel loop's tile sizes per parallel dim directly. `fill`: the op's accumulator is a
-    linalg.fill, fused into every loop (REGISTER_TILE's structured.fuse)."""
+    linalg.fill, fused into every loop (REGISTER_TILE's structured.fuse). `peel`: the op's match text, for dynamic
+    rows (the dim before the last parallel one): PEELED."""
     n = len(tiles)
     if panel:
         sizes = ", ".join(map(str, panel + [0] if isinstance(panel, list) else [0] * (n - 1) + [panel, 0]))
@@ -124,10 +170,13 @@ def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: boo
     forall = _forall(f"{target}0", target, split + [0])
     if fill and max(split) > 1:
         forall += "\n  " + _init_into("%forall", 'ops{["linalg.fill"]}')
+    ktile = ", ".join(["0"] * n + ["1"])
+    fill_vec = _fill_vec(loops - 1, 'ops{["linalg.fill"]}') if fill else ""
+    rows = sum(1 for t in tiles[:n - 2] if t)            # the row loop's index among the tile loops
+    vec = _vectorize(ktile, fill_vec, None if peel is None else (rows, peel, list(tiles)))
     return REGISTER_TILE.format(
         head=head, target=target, forall=forall, panel=panel_text, register="fuse" if fill else "tile_using_for",
-        tiles=", ".join(map(str, tiles)), nloops=loops, handles=", !transform.any_op" * loops,
-        ktile=", ".join(["0"] * n + ["1"]), fill_vec=_fill_vec(loops - 1, 'ops{["linalg.fill"]}') if fill else "")
+        tiles=", ".join(map(str, tiles)), nloops=loops, handles=", !transform.any_op" * loops, vectorize=vec)
 
 
 DOT_TILE = """

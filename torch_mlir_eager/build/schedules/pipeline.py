@@ -8,6 +8,8 @@ from ..lowering import BUFFER_REWRITES
 
 # Stages after @tile (each a pass pipeline); @lower runs between the second and the third.
 AFTER_TILE = [
+    # a masked partial tile (base.PEELED) first: canonicalization would fold more than one op into a vector.mask
+    "func.func(lower-vector-mask)",
     "canonicalize", "cse", "loop-invariant-subset-hoisting", "canonicalize",
 ]
 
