@@ -52,6 +52,11 @@ class KernelCache:
         with self._lock:
             self._failures[key] = failure
 
+    def drop(self, key) -> None:
+        """Forget the kernel for key (the next call compiles or binds one anew)."""
+        with self._lock:
+            self._kernels.pop(key, None)
+
     def discard(self, key, failure: CompileFailure) -> None:
         """A kernel found wrong (verify mode): never used again; the key is a known failure from now on."""
         with self._lock:

@@ -94,10 +94,10 @@ def _compile_retrying(func, request: Request):
         raise CompileFailure("unsupported", f"cannot send call to the worker: {type(e).__name__}: {e}") from None
 
 
-def compile_kernel(key, func, args, kwargs, tensors, dynamic=None):
+def compile_kernel(key, func, args, kwargs, tensors, dynamic=None, why: str = ""):
     """A kernel from disk, or compiled and qualified in the worker and loaded here (its shared library, or its LLVM
     IR JIT-compiled). Raises CompileFailure; caches either way. `dynamic`: per tensor, the dims the kernel takes at
-    any size (shapes.py decides; `key` is then its generic key)."""
+    any size (shapes.py decides; `key` is then its generic key), `why` says why, at the head of the log line."""
     cfg = config.get()
     inject = cfg.inject.get(str(func), "")
     request = Request(str(func), args, kwargs, schedules=cfg.schedules, threads=kernel_threads(),
@@ -116,7 +116,7 @@ def compile_kernel(key, func, args, kwargs, tensors, dynamic=None):
         if kernel is not None:
             cache().put(key, kernel)
             compile_seconds.append(time.perf_counter() - t0)
-            log.info("loaded %s %s -> %s from disk in %.1f ms", func, kernel.inputs, kernel.outputs,
+            log.info("%sloaded %s %s -> %s from disk in %.1f ms", why, func, kernel.inputs, kernel.outputs,
                      1e3 * (time.perf_counter() - t0))
             return kernel
     try:
@@ -131,7 +131,7 @@ def compile_kernel(key, func, args, kwargs, tensors, dynamic=None):
         cache().put_failure(key, e)
         if request.dump:
             e.repro = repro.write(request.dump, func, args, kwargs, e.category, e.reason, key)
-        log.info("compile %s failed after %.1f ms: %s", func, 1e3 * (time.perf_counter() - t0), e)
+        log.info("%scompile %s failed after %.1f ms: %s", why, func, 1e3 * (time.perf_counter() - t0), e)
         raise
     cache().put(key, kernel)
     if request.dump:
@@ -139,6 +139,6 @@ def compile_kernel(key, func, args, kwargs, tensors, dynamic=None):
     if disk is not None:
         disk.store(env, key, kernel, reply.so if engine is not None else None)
     compile_seconds.append(time.perf_counter() - t0)
-    log.info("compiled %s %s -> %s in %.1f ms (%s)", func, kernel.inputs, kernel.outputs,
+    log.info("%scompiled %s %s -> %s in %.1f ms (%s)", why, func, kernel.inputs, kernel.outputs,
              1e3 * (time.perf_counter() - t0), reply.summary())
     return kernel

@@ -35,13 +35,22 @@ log = logging.getLogger(__name__)
 
 class _Family:
     """What one call family has seen: its first shapes, and its dynamic kernel (or why it has none)."""
-    __slots__ = ("seen", "kernel", "template", "failed")
+    __slots__ = ("seen", "kernel", "template", "failed", "hot")
 
     def __init__(self):
         self.seen: list = []                 # shapes (a tuple per tensor) its static kernels were compiled for
         self.kernel: Optional[Kernel] = None
         self.template: tuple = ()            # the dynamic kernel's sizes, -1 in its dynamic dims
         self.failed = ""                     # why the family stays static
+        self.hot: Optional[set] = set()      # concrete keys to compile static next (None: never again)
+
+
+# Re-specializing a hot size: in "auto" mode, a shape of a contraction (compiler.SCHEDULED_OPS, where a static
+# schedule can be many times faster than the dynamic kernel: a conv's plain loops) that ran HOT_CALLS times on its
+# family's dynamic kernel gets a static kernel of its own on its next call. Sizes that come once (a KV cache's
+# steps) stay on the dynamic kernel; sizes that repeat (an image size served all day) end on static kernels. The
+# count costs a Python call per run, on those bound kernels only, until then.
+HOT_CALLS = 32
 
 
 _SEEN_KEPT = 8
@@ -120,16 +129,23 @@ def kernel_for(recorder: Recorder, key: tuple, name: str, func, args, kwargs, te
             fam = _families.get(g)
             if fam is None:
                 fam = _families[g] = _Family()
+        if fam.hot and key in fam.hot:
+            fam.hot.discard(key)
+            try:
+                return _compile(recorder, key, name, func, args, kwargs, tensors,
+                                why=f"{name}: {list(shapes)} ran {HOT_CALLS} times on a dynamic kernel: ")
+            except CompileFailure:
+                fam.hot = None       # the static compile failed: this family's sizes stay on the dynamic kernel
         if fam.kernel is not None and _serves(fam.template, shapes):
             bound = _bind(recorder, fam, fam.kernel, key, name, func, args, kwargs, tensors)
             if bound is not None:
                 return bound
         dyn = () if fam.failed else _wanted(fam, shapes, mode)
         if dyn:
-            log.info("%s: %s: compiling a kernel dynamic in %s", name, _why(fam, shapes, dyn),
-                     "them" if sum(map(len, dyn)) > 1 else "it")
+            why = f"{name}: {_why(fam, shapes, dyn)}: compiling a kernel dynamic in " \
+                  f"{'them' if sum(map(len, dyn)) > 1 else 'it'}: "
             k = _compile(recorder, g + ("dynamic", _template(shapes, dyn)), name, func, args, kwargs, tensors, dyn,
-                         fam)
+                         fam, why)
             if k is not None:
                 fam.kernel, fam.template = k, _template(shapes, dyn)
                 bound = _bind(recorder, fam, k, key, name, func, args, kwargs, tensors)
@@ -140,12 +156,13 @@ def kernel_for(recorder: Recorder, key: tuple, name: str, func, args, kwargs, te
     return _compile(recorder, key, name, func, args, kwargs, tensors)
 
 
-def _compile(recorder: Recorder, key, name, func, args, kwargs, tensors, dyn=None, fam=None) -> Optional[Kernel]:
+def _compile(recorder: Recorder, key, name, func, args, kwargs, tensors, dyn=None, fam=None,
+             why: str = "") -> Optional[Kernel]:
     """A static kernel (raises CompileFailure), or with `dyn` a dynamic one (None if it fails: `fam` stays
     static)."""
     t0 = time.perf_counter()
     try:
-        return compiler.compile_kernel(key, func, args, kwargs, tensors, dynamic=dyn)
+        return compiler.compile_kernel(key, func, args, kwargs, tensors, dynamic=dyn, why=why)
     except CompileFailure as e:
         if dyn is None or e.category == "meta" and e.reason.startswith("native:"):
             raise                    # static, or the user's own error (native raised): not the family's failure
@@ -189,6 +206,21 @@ def _bind(recorder: Recorder, fam: _Family, k: Kernel, key, name, func, args, kw
             _give_up(recorder, fam, name, f"mismatch at {shapes} on its first run there: "
                      + " ".join(str(e).split("\n")[1:3]).strip())
             return None
+    if fam.hot is not None and str(func) in compiler.SCHEDULED_OPS and config.get().dynamic == "auto":
+        _count_runs(bound, key, fam)
     compiler.cache().put(key, bound)
     recorder.bound(name)
     return bound
+
+
+def _count_runs(bound: Kernel, key, fam: _Family) -> None:
+    """After HOT_CALLS runs, `bound` leaves the cache and its key is marked for a static compile (HOT_CALLS)."""
+    run, count = bound.run, [0]
+
+    def counted(tensors, outs=None):
+        count[0] += 1
+        if count[0] == HOT_CALLS and fam.hot is not None:
+            fam.hot.add(key)
+            compiler.cache().drop(key)
+        return run(tensors, outs)
+    bound.run = counted

@@ -35,7 +35,10 @@ def test_auto_static_first_then_one_dynamic_kernel(caplog):
     # 40: static; 41: the dynamic kernel (dim 0 varied); every later size is bound to it, compiling nothing
     assert r["compiles"] == 2 and r["dynamic_compiles"] == 1, r
     assert r["mlir_calls"] == 6 and r["dynamic_calls"] == 5 and r["dynamic_shapes"] == 5, r
-    assert "aten.mm.default: dim 0 of arg 0 varies (40 -> 41): compiling a kernel dynamic in it" in caplog.text
+    lines = [r.getMessage() for r in caplog.records if "aten.mm.default" in r.getMessage()]
+    assert len(lines) == 2, lines                    # one line per compile, the dynamic one saying why
+    assert lines[1].startswith("aten.mm.default: dim 0 of arg 0 varies (40 -> 41): compiling a kernel dynamic in "
+                               "it: compiled aten.mm.default"), lines
     # a size seen again hits the cache, like a static kernel
     _mm(47, k=23)
     assert row("aten.mm.default")["cache_hits"] == 1
@@ -186,3 +189,23 @@ def test_report_shows_static_and_dynamic_kernels():
     assert "1 of 2 compiles dynamic" in rep.summary()
     assert rep.to_dict()["ops"][0]["dynamic_calls"] == 2
     assert compiler.cache().info()["kernels"] > 0
+
+
+def test_a_hot_size_of_a_contraction_gets_its_static_kernel(monkeypatch):
+    """A conv shape that keeps coming back leaves the dynamic kernel (plain loops) for a static, scheduled one
+    after shapes.HOT_CALLS runs; an elementwise op's sizes stay on their dynamic kernel."""
+    monkeypatch.setattr(shapes, "HOT_CALLS", 3)
+    w = torch.randn(4, 3, 3, 3)
+    with config.override(dynamic="auto"):
+        for s in (10, 12) + (14,) * 5:
+            x = torch.randn(1, 3, s, s)
+            got = tme.unwrap(torch.nn.functional.conv2d(tme.wrap(x), tme.wrap(w)))
+            torch.testing.assert_close(got, torch.nn.functional.conv2d(x, w), rtol=1e-4, atol=1e-4)
+            y = tme.unwrap(torch.relu(tme.wrap(x)))
+            torch.testing.assert_close(y, x.relu())
+    r = row("aten.convolution.default")
+    # 10 static, 12 dynamic; 14 three times on the dynamic kernel, then static (compiled once, then hits)
+    assert r["compiles"] == 3 and r["dynamic_compiles"] == 1 and r["dynamic_calls"] == 1 + 3, r
+    assert r["mlir_calls"] == 7 and r["cache_hits"] == 1 + 2, r
+    relu = row("aten.relu.default")
+    assert relu["compiles"] == 2 and relu["dynamic_calls"] == 6, relu
