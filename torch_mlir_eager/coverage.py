@@ -60,6 +60,8 @@ class OpResult:
     native: int = 0                  # calls native by design (views, random, no tensor in/out, dynamic shapes)
     reasons: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)   # aten op -> category -> why
     mismatch: Optional[str] = None   # the first sample whose wrapped result or error differed from native
+    dynamic: int = 0                 # MLIR calls that ran on a dynamic kernel (shapes.py)
+    dynamic_failed: Dict[str, str] = dataclasses.field(default_factory=dict)   # aten op -> why it stayed static
 
     @property
     def status(self) -> str:
@@ -153,6 +155,8 @@ def run_op(op, dtype: torch.dtype = torch.float32, samples: int = 3) -> OpResult
     t = rep["totals"]
     res.mlir, res.fallback, res.native = t["mlir_calls"], t["fallback_calls"], t["native_calls"]
     res.reasons = {r["op"]: r["reasons"] for r in rep["ops"] if r["reasons"]}
+    res.dynamic = t["dynamic_calls"]
+    res.dynamic_failed = {r["op"]: r["dynamic_failed"] for r in rep["ops"] if r["dynamic_failed"]}
     return res
 
 

@@ -45,7 +45,7 @@ def select(module, threads: int = 1) -> Optional[Schedule]:
     op = found[0]
     shape = ir.RankedTensorType(op.results[0].type).shape
     if any(d < 0 for d in shape):
-        return matmul.dynamic_plan(op, shape, threads)
+        return (conv.dynamic_plan if op.name.startswith("linalg.conv") else matmul.dynamic_plan)(op, shape, threads)
     plan = PLANS.get(op.name)
     if plan is None:
         return None

@@ -89,7 +89,7 @@ PEELED_FILL = """  %{loop}f = transform.structured.match ops{{["linalg.fill"]}} 
 
 
 def _vectorize(ktile: str, fill_vec: str, peel=None) -> str:
-    """REGISTER_TILE's end: VECTORIZE, or with `peel` = (index of the row loop among the tile loops, the
+    """REGISTER_TILE's end: VECTORIZE, or with `peel` = (index of the loop to peel among the tile loops, the
     contraction's match text, register tile sizes per parallel dim) PEELED."""
     if peel is None:
         return VECTORIZE.format(ktile=ktile, fill_vec=fill_vec)
@@ -153,13 +153,14 @@ def _forall(src: str, out: str, counts) -> str:
     return FORALL.format(out=out, src=src, counts=", ".join(map(str, counts)))
 
 
-def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: bool = False, peel=None) -> str:
+def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: bool = False, peel=None,
+            peel_dim: int = -2) -> str:
     """A register-tile schedule: `tiles` for the op's parallel dims (k, the last dim, is stepped by 1). `panel`: an
     int > 0 first cuts the last parallel dim (N) into panels of that width, so that a K x panel slice of the
     right-hand operand stays in cache while every row tile passes over it (without it each row tile streams all
     of it); a list gives the panel loop's tile sizes per parallel dim directly. `fill`: the op's accumulator is a
-    linalg.fill, fused into every loop (REGISTER_TILE's structured.fuse). `peel`: the op's match text, for dynamic
-    rows (the dim before the last parallel one): PEELED."""
+    linalg.fill, fused into every loop (REGISTER_TILE's structured.fuse). `peel`: the op's match text, for a
+    dynamic parallel dim (`peel_dim`, by default the rows: the dim before the last parallel one): PEELED."""
     n = len(tiles)
     if panel:
         sizes = ", ".join(map(str, panel + [0] if isinstance(panel, list) else [0] * (n - 1) + [panel, 0]))
@@ -172,7 +173,7 @@ def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: boo
         forall += "\n  " + _init_into("%forall", 'ops{["linalg.fill"]}')
     ktile = ", ".join(["0"] * n + ["1"])
     fill_vec = _fill_vec(loops - 1, 'ops{["linalg.fill"]}') if fill else ""
-    rows = sum(1 for t in tiles[:n - 2] if t)            # the row loop's index among the tile loops
+    rows = sum(1 for t in tiles[:peel_dim % n] if t)     # the peeled loop's index among the tile loops
     vec = _vectorize(ktile, fill_vec, None if peel is None else (rows, peel, list(tiles)))
     return REGISTER_TILE.format(
         head=head, target=target, forall=forall, panel=panel_text, register="fuse" if fill else "tile_using_for",

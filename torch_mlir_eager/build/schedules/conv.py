@@ -7,7 +7,8 @@ from ...errors import CompileFailure
 from ..rewrites import find_ops
 from .base import (GEMM_MATCH, MAC, NO_FORALL, Schedule, _dot_script, _filled_init, _init_into, _replace_with_call,
                    _script, _zero_init)
-from .tiles import _conv_panel, _dot_tile
+from ...host import avx512
+from .tiles import CONV_TILES_AVX512, _conv_panel, _dot_tile, _register_tile
 
 
 # The dot form's im2col copy split across threads (by output rows).
@@ -141,6 +142,107 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
     return True
 
 
+# CONV_AS_PANELS for dynamic image sizes (H, W and so OH, OW are `?`; batch, channels and the kernel static): one
+# output row per panel (the forall over OH, split across threads), OW columns each; the register tiles' column
+# loop is peeled (base.PEELED): full tiles of the static vector code, one masked partial tile per row.
+CONV_ROWS_DYNAMIC = """
+func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
+  %c2 = arith.constant 2 : index
+  %c3 = arith.constant 3 : index
+  %oh = tensor.dim %init, %c2 : {ot}
+  %ow = tensor.dim %init, %c3 : {ot}
+  %xw = tensor.dim %x, %c3 : {xt}
+  %p = arith.muli %oh, %ow : index
+  %w2 = tensor.collapse_shape %w [[0], [1, 2, 3]] : {wt} into tensor<{f}x{k}x{el}>
+{init}
+  %r = scf.forall (%pb) in (%oh) shared_outs(%o = %i1) -> (tensor<{n}x{f}x?x{el}>) {{
+    %row = affine.apply affine_map<(d) -> (d * {sh})>(%pb)
+    %c0 = affine.apply affine_map<(d)[s] -> (d * s)>(%pb)[%ow]
+    %xs = tensor.extract_slice %x[0, 0, %row, 0] [{n}, {c}, {xh}, %xw] [1, 1, 1, 1]
+      : {xt} to tensor<{n}x{c}x{xh}x?x{el}>
+    %e = tensor.empty(%ow) : tensor<{n}x{c}x{kh}x{kw}x1x?x{el}>
+    %col = linalg.generic {{tme.im2col,
+        indexing_maps = [affine_map<(n, c, kh, kw, rr, ow) -> (n, c, rr * {sh} + kh * {dh}, ow * {sw} + kw * {dw})>,
+                         affine_map<(n, c, kh, kw, rr, ow) -> (n, c, kh, kw, rr, ow)>],
+        iterator_types = ["parallel", "parallel", "parallel", "parallel", "parallel", "parallel"]}}
+        ins(%xs : tensor<{n}x{c}x{xh}x?x{el}>) outs(%e : tensor<{n}x{c}x{kh}x{kw}x1x?x{el}>) {{
+      ^bb0(%a: {el}, %b: {el}):
+        linalg.yield %a : {el}
+    }} -> tensor<{n}x{c}x{kh}x{kw}x1x?x{el}>
+    %colm = tensor.collapse_shape %col [[0], [1, 2, 3], [4, 5]]
+      : tensor<{n}x{c}x{kh}x{kw}x1x?x{el}> into tensor<{n}x{k}x?x{el}>
+    %os = tensor.extract_slice %o[0, 0, %c0] [{n}, {f}, %ow] [1, 1, 1]
+      : tensor<{n}x{f}x?x{el}> to tensor<{n}x{f}x?x{el}>
+    %g = linalg.generic {{tme.gemm,
+        indexing_maps = [affine_map<(n, f, j, k) -> (f, k)>, affine_map<(n, f, j, k) -> (n, k, j)>,
+                         affine_map<(n, f, j, k) -> (n, f, j)>],
+        iterator_types = ["parallel", "parallel", "parallel", "reduction"]}}
+        ins(%w2, %colm : tensor<{f}x{k}x{el}>, tensor<{n}x{k}x?x{el}>) outs(%os : tensor<{n}x{f}x?x{el}>) {{
+{mac}
+    }} -> tensor<{n}x{f}x?x{el}>
+    scf.forall.in_parallel {{
+      tensor.parallel_insert_slice %g into %o[0, 0, %c0] [{n}, {f}, %ow] [1, 1, 1]
+        : tensor<{n}x{f}x?x{el}> into tensor<{n}x{f}x?x{el}>
+    }}
+  }}
+  %r2 = tensor.expand_shape %r [[0], [1], [2, 3]] output_shape [{n}, {f}, %oh, %ow]
+    : tensor<{n}x{f}x?x{el}> into {ot}
+  return %r2 : {ot}
+}}
+"""
+
+
+def _dynamic_conv(module, s: Schedule) -> str:
+    """Replace the module's one float linalg.conv_2d_nchw_fchw whose only dynamic sizes are spatial by
+    CONV_ROWS_DYNAMIC, inlined."""
+    convs = find_ops(module, lambda op: op.name == "linalg.conv_2d_nchw_fchw")
+    if len(convs) != 1:
+        raise CompileFailure("llvm", "schedule conv2d-rows-dynamic: not one conv")
+    conv = convs[0]
+    with module.context:
+        xt, wt, ot = (ir.RankedTensorType(v.type) for v in list(conv.operands)[:3])
+        strides = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["strides"])]
+        dil = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["dilations"])]
+    n, f = ot.shape[:2]
+    _, c, kh, kw = wt.shape
+    el = ot.element_type
+    if _filled_init(conv, zero=True):
+        init = (f"  %zero = arith.constant 0.0 : {el}\n  %i1_e = tensor.empty(%p) : tensor<{n}x{f}x?x{el}>\n"
+                f"  %i1 = linalg.fill {{tme.init}} ins(%zero : {el}) outs(%i1_e : tensor<{n}x{f}x?x{el}>) "
+                f"-> tensor<{n}x{f}x?x{el}>")
+    else:
+        init = f"  %i1 = tensor.collapse_shape %init [[0], [1], [2, 3]] : {ot} into tensor<{n}x{f}x?x{el}>"
+    text = CONV_ROWS_DYNAMIC.format(
+        init=init, mac=MAC.format(el=el), xt=xt, wt=wt, ot=ot, el=el, n=n, c=c, kh=kh, kw=kw, f=f, k=c * kh * kw,
+        sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], xh=(kh - 1) * dil[0] + 1)
+    _replace_with_call(module, conv, text, "tme_conv", list(conv.operands)[:3], ot, "conv2d-rows-dynamic")
+    return s.script
+
+
+# What a dynamic output width is planned as: a multiple of every register tile's columns.
+STAND_IN_COLUMNS = 32 * 7
+
+
+def dynamic_plan(op, shape, threads: int):
+    """conv2d-rows-dynamic for a float linalg.conv_2d_nchw_fchw with dynamic spatial sizes only, else None."""
+    if op.name != "linalg.conv_2d_nchw_fchw":
+        return None
+    xt, wt = (ir.RankedTensorType(v.type) for v in list(op.operands)[:2])
+    if str(xt.element_type) not in ("f32", "f64") or any(d < 0 for d in list(shape[:2]) + list(xt.shape[:2]) +
+                                                          list(wt.shape)):
+        return None
+    f = shape[1]
+    mt, nt = _register_tile(f, STAND_IN_COLUMNS, CONV_TILES_AVX512 if avx512() else None)
+    fill = _filled_init(op, zero=True)
+    head = GEMM_MATCH
+    if fill:
+        head = ("\n  %conv_panels = transform.structured.match ops{[\"scf.forall\"]} in %root : (!transform.any_op) -> "
+                "!transform.any_op\n  " + _init_into("%conv_panels", "attributes{tme.init}") + head)
+    script = _script(head, "gemm", [1, mt, nt], [0, 0, 0], fill=fill, peel='ops{["linalg.generic"]} attributes{tme.gemm}',
+                     peel_dim=2)
+    return Schedule("conv2d-rows-dynamic", script, threads)
+
+
 def _conv_schedule(shape, k: int, threads: int, fill: bool = False) -> Schedule:
     n, f, oh, ow = shape
     r, mt, nt = _conv_panel(f, oh, ow, k, threads)
@@ -178,4 +280,4 @@ def _as_gemm(dot: bool):
 
 
 PLANS = {"linalg.conv_2d_nchw_fchw": plan}
-FAMILIES = {"conv2d-panels": _as_gemm(False), "conv2d-dot": _as_gemm(True)}
+FAMILIES = {"conv2d-panels": _as_gemm(False), "conv2d-dot": _as_gemm(True), "conv2d-rows-dynamic": _dynamic_conv}
