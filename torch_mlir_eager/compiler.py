@@ -126,7 +126,8 @@ def compile_kernel(key, func, args, kwargs, tensors, dynamic=None, why: str = ""
         engine = load_library(reply.so) if reply.so is not None else None   # None: JIT-compile the IR here
         kernel = Kernel(reply.llvm_ir, reply.inputs, reply.outputs, input_perms=reply.input_perms,
                         inplace_safe=reply.inplace_safe is True, engine=engine, dynamic=dynamic,
-                        broken_remainder=inject.startswith("remainder"))
+                        broken_remainder=inject.startswith("remainder"), result_sizes=reply.result_sizes,
+                        size_symbols=reply.size_symbols)
     except CompileFailure as e:
         cache().put_failure(key, e)
         if request.dump:

@@ -145,7 +145,9 @@ class DiskCache:
                     self.so_failures += 1          # the IR is JIT-compiled instead
             kernel = Kernel(ir.decode(), [_meta(m) for m in meta["inputs"]], [_meta(m) for m in meta["outputs"]],
                             input_perms=meta["input_perms"], inplace_safe=meta["inplace_safe"], engine=engine,
-                            dynamic=meta.get("dynamic"))
+                            dynamic=meta.get("dynamic"), result_sizes=meta.get("result_sizes"),
+                            size_symbols={k: tuple(v) for k, v in meta["size_symbols"].items()}
+                            if meta.get("size_symbols") else None)
         except Exception as e:           # anything off: never run it, compile it again
             self._drop(base, f"{type(e).__name__}: {e}")
             return None
@@ -182,7 +184,8 @@ class DiskCache:
                     "inputs": [_meta_json(m) for m in kernel.inputs],
                     "outputs": [_meta_json(m) for m in kernel.outputs],
                     "input_perms": kernel.input_perms, "inplace_safe": kernel.inplace_safe,
-                    "dynamic": kernel.dynamic}
+                    "dynamic": kernel.dynamic, "result_sizes": kernel.result_sizes,
+                    "size_symbols": kernel.size_symbols}
             written = _write(base + ".mlir", ir)
             if so is not None:
                 written += _write(base + ".so", so)

@@ -5,6 +5,7 @@ import _ctypes
 import ctypes
 import functools
 import math
+import operator
 import os
 import struct
 import subprocess
@@ -85,6 +86,23 @@ def output_metas(natives, compiled) -> list:
             raise CompileFailure("meta", "results differ from the dynamic kernel's")
         out.append(None if n is None else TensorMeta.of(n, empty=m.empty))
     return out
+
+
+_SIZE_FUNCTIONS = {"__builtins__": {}, "Max": max, "Min": min, "FloorDiv": operator.floordiv, "Mod": operator.mod,
+                   "PythonMod": operator.mod, "CeilDiv": lambda a, b: -(-a // b)}
+
+
+def result_sizes(kernel: "Kernel", tensors) -> Optional[list]:
+    """A dynamic kernel's computed results' sizes for a call's tensors, from the symbolic sizes its compile gave
+    (None when there are none, or one cannot be evaluated)."""
+    if kernel.result_sizes is None or kernel.size_symbols is None:
+        return None
+    env = {name: tensors[i].shape[d] for name, (i, d) in kernel.size_symbols.items()}
+    try:
+        return [tuple(s if isinstance(s, int) else int(eval(s, _SIZE_FUNCTIONS, env)) for s in shape)
+                for shape in kernel.result_sizes]
+    except Exception:
+        return None
 
 
 def _jit(llvm_ir: str) -> tuple:
@@ -247,7 +265,8 @@ class Kernel:
 
     def __init__(self, llvm_ir: str, inputs: List[TensorMeta], outputs: List[TensorMeta],
                  input_perms: Optional[list] = None, inplace_safe: bool = False, engine: Optional[tuple] = None,
-                 dynamic: Optional[list] = None, parent: Optional["Kernel"] = None, broken_remainder: bool = False):
+                 dynamic: Optional[list] = None, parent: Optional["Kernel"] = None, broken_remainder: bool = False,
+                 result_sizes: Optional[list] = None, size_symbols: Optional[dict] = None):
         self.llvm_ir = llvm_ir
         self.inputs, self.outputs = list(inputs), list(outputs)
         self.input_perms = [tuple(p) if p is not None else None for p in input_perms] if input_perms else None
@@ -255,11 +274,13 @@ class Kernel:
         # `dynamic`: per input of the call, the dims whose size the code reads from its descriptor (None: a static
         # kernel). `inputs` and `outputs` are then one concrete call's; `bind` gives the same code for another.
         self.dynamic = [tuple(d) for d in dynamic] if dynamic else None
+        self.result_sizes, self.size_symbols = result_sizes, size_symbols     # see `result_sizes`
         self._broken_remainder = broken_remainder
         if parent is not None:                   # a binding shares its parent's code, kept alive through it
-            self._parent = parent
+            self._parent, self._lock = parent, parent._lock        # and its scratch buffers: one lock
             self._ctx, self._module, self._ee, self._addr = parent._ctx, parent._module, parent._ee, parent._addr
         else:
+            self._lock = threading.Lock()
             # `engine`: (ctx, module, code, address of the packed entry point) already loaded (disk_cache: a
             # shared library of the JIT's object code); else the IR is JIT-compiled here.
             self._ctx, self._module, self._ee, self._addr = engine or _jit(llvm_ir)   # keep the code alive
@@ -274,7 +295,7 @@ class Kernel:
         templates = [None if m is None else torch.empty(m.shape, dtype=m.dtype) if math.prod(m.shape) <= 1 else
                      torch.empty((), dtype=m.dtype).expand(m.shape) for m in self.outputs]
         env = {"_empty_like": torch.empty_like, "_restride": _restride, "_dense": _dense, "tls": threading.local(),
-               "lock": threading.Lock(),
+               "lock": self._lock,
                "new_block": descs.new_block, "patch": descs.patch,
                "fn": ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr),
                **{f"T{i}": t for i, t in enumerate(templates)}, **{f"M{i}": m for i, m in enumerate(self.outputs)},
@@ -289,7 +310,8 @@ class Kernel:
         """This dynamic kernel's code for another concrete call: `inputs` (as the kernel takes them) and `outputs`
         (native's results' metadata) of that call. ~0.1 ms: descriptors and entry points, no compile."""
         return Kernel(self.llvm_ir, inputs, outputs, input_perms=self.input_perms, inplace_safe=self.inplace_safe,
-                      dynamic=self.dynamic, parent=self, broken_remainder=self._broken_remainder)
+                      dynamic=self.dynamic, parent=self, broken_remainder=self._broken_remainder,
+                      result_sizes=self.result_sizes, size_symbols=self.size_symbols)
 
     @property
     def engine(self):

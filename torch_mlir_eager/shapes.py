@@ -27,7 +27,7 @@ import torch
 
 from . import compiler, config, validate
 from .errors import CompileFailure
-from .kernel import Kernel, kernel_inputs, output_metas
+from .kernel import Kernel, kernel_inputs, output_metas, result_sizes
 from .report import Recorder
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,15 @@ def _bind(recorder: Recorder, fam: _Family, k: Kernel, key, name, func, args, kw
     except Exception as e:           # the user's own error: the dispatcher's fallback raises it again, natively
         raise CompileFailure("meta", f"native: {type(e).__name__}: {e}") from None
     want = list(out) if isinstance(out, (tuple, list)) else [out]
+    shapes = [tuple(t.shape) for t in tensors]
+    computed = [tuple(w.shape) for w, m in zip(want, k.outputs) if m is not None and not m.empty and w is not None]
+    expected = result_sizes(k, tensors)
+    if expected != computed:
+        # A size the kernel computes otherwise than native (a trace that specialized on its first sizes): it would
+        # write past the results native sized. Never run it there.
+        _give_up(recorder, fam, name, f"result sizes at {shapes}: {expected} from its symbolic sizes, native "
+                 f"{computed}")
+        return None
     try:
         bound = k.bind(kernel_inputs(tensors, k.input_perms), output_metas(want, k.outputs))
         got = bound.run(tensors)
@@ -202,7 +211,6 @@ def _bind(recorder: Recorder, fam: _Family, k: Kernel, key, name, func, args, kw
         try:
             torch.testing.assert_close(g, w, equal_nan=True, check_stride=False, **validate.tolerance(func, w))
         except AssertionError as e:
-            shapes = [tuple(t.shape) for t in tensors]
             _give_up(recorder, fam, name, f"mismatch at {shapes} on its first run there: "
                      + " ".join(str(e).split("\n")[1:3]).strip())
             return None

@@ -209,3 +209,20 @@ def test_a_hot_size_of_a_contraction_gets_its_static_kernel(monkeypatch):
     assert r["mlir_calls"] == 7 and r["cache_hits"] == 1 + 2, r
     relu = row("aten.relu.default")
     assert relu["compiles"] == 2 and relu["dynamic_calls"] == 6, relu
+
+
+def test_result_sizes_that_differ_from_natives_never_run():
+    """A dynamic kernel whose symbolic result sizes disagree with native's at a new shape (as a trace specialized
+    on its first sizes would) is not run there: it would write past the results native sized."""
+    from torch_mlir_eager import spec
+    with config.override(dynamic="auto"):
+        _mm(70, k=17)
+        _mm(71, k=17)
+        key, _ = spec.flatten("aten.mm.default", (torch.randn(72, 17), torch.randn(17, 6)), {})
+        fam = shapes._families[shapes.generic(key)]
+        assert fam.kernel.result_sizes and isinstance(fam.kernel.result_sizes[0][0], str), fam.kernel.result_sizes
+        fam.kernel.result_sizes = [["71", 6]]          # specialized on the size it was compiled at
+        _mm(72, k=17)
+    r = row("aten.mm.default")
+    assert "result sizes at [(72, 17), (17, 6)]: [(71, 6)]" in r["dynamic_failed"], r["dynamic_failed"]
+    assert r["dynamic_calls"] == 1 and r["mlir_calls"] == 3, r

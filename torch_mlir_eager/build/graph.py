@@ -44,6 +44,22 @@ def _fake_call(func, args, kwargs, tensors, dynamic=None):
     return fakes, out
 
 
+def size_exprs(inputs, results) -> tuple:
+    """(per result, its sizes: an int, or the text of a symbolic size's expression; symbol -> (input, dim)): what
+    a dynamic kernel's result sizes are at any input sizes, to check against native's at each new shape."""
+    symbols = {}
+    for i, f in enumerate(inputs):
+        for d, s in enumerate(f.shape):
+            if not is_concrete_int(s):
+                symbols.setdefault(str(s.node.expr), (i, d))
+    sizes = [[int(s) if is_concrete_int(s) else str(s.node.expr) for s in r.shape] for r in results]
+    for r in results:
+        for s in r.shape:
+            if not is_concrete_int(s) and any(str(x) not in symbols for x in s.node.expr.free_symbols):
+                raise CompileFailure("unsupported", f"a result size ({s}) is not a function of the input sizes")
+    return sizes, symbols
+
+
 def dims(shape) -> list:
     """A fake tensor's sizes as the importer types them: an int, or None for a symbolic (`?`) size."""
     return [d if is_concrete_int(d) else None for d in shape]
@@ -131,6 +147,7 @@ def one_node_graph(func, args, kwargs, tensors, perms=None, dynamic=None) -> tup
         g.output(tuple(outs))
     else:
         g.output((result(node, out),))
+    g.tme_inputs = fakes        # the call's tensors as fakes: what the results' symbolic sizes refer to
     return g, results
 
 
@@ -147,7 +164,7 @@ _SPATIAL_FLAT = frozenset({_aten.native_batch_norm.default, _aten._native_batch_
 def decomposed_graph(func, args, kwargs, tensors, perms=None, dynamic=None) -> tuple:
     """(graph, fake results) of the op traced through a decomposition table: still one call -> one module.
     `perms`, `dynamic`: as for `one_node_graph`."""
-    _, out = _fake_call(func, args, kwargs, tensors, dynamic)
+    fakes, out = _fake_call(func, args, kwargs, tensors, dynamic)
     results = _results(out)
 
     flat = func in _SPATIAL_FLAT and isinstance(args[0], torch.Tensor) and args[0].dim() > 3
@@ -172,6 +189,7 @@ def decomposed_graph(func, args, kwargs, tensors, perms=None, dynamic=None) -> t
     except Exception as e:
         raise CompileFailure("import", f"decomposition: {type(e).__name__}: {e}") from None
     gm.graph.eliminate_dead_code()   # decompositions leave unused temporaries (zero-size stats, ...)
+    gm.graph.tme_inputs = fakes
     return gm.graph, results
 
 
@@ -217,7 +235,7 @@ def needs_upcast(tensors, natives) -> bool:
 def upcast_graph(func, args, kwargs, tensors, perms=None, decompose: bool = False, dynamic=None) -> tuple:
     """(graph, fake results) of the call with float16/bfloat16 tensor inputs converted to float32, the op (or its
     decomposition) run on them, and each result converted to native's dtype."""
-    _, out = _fake_call(func, args, kwargs, tensors, dynamic)
+    fakes, out = _fake_call(func, args, kwargs, tensors, dynamic)
     results = _results(out)
     wants = list(out) if isinstance(out, (tuple, list)) else [out]
     keep = computed(wants)
@@ -239,6 +257,7 @@ def upcast_graph(func, args, kwargs, tensors, perms=None, decompose: bool = Fals
     except Exception as e:
         raise CompileFailure("import", f"float32 upcast: {type(e).__name__}: {e}") from None
     gm.graph.eliminate_dead_code()
+    gm.graph.tme_inputs = fakes
     return gm.graph, results
 
 

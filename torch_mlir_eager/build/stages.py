@@ -81,7 +81,9 @@ def _attempt(ctx, call: Call, req: Request, decompose: bool) -> Compiled:
     ins = [TensorMeta(t.shape, t.dtype) for t in bases]
     outs = [TensorMeta.of(n, empty=not c) if n is not None else None
             for n, c in zip(call.natives, graph.computed(call.natives))]
+    sizes = symbols = None
     if dynamic:     # the types say `?` where the sizes are symbols
+        sizes, symbols = graph.size_exprs(g.tme_inputs, fakes)
         in_types = [([None if i in d else s for i, s in enumerate(m.shape)], m.dtype)
                     for m, d in zip(ins, graph.base_dynamic(perms, dynamic))]
         out_types = [(graph.dims(f.shape), f.dtype) for f in fakes]
@@ -110,7 +112,8 @@ def _attempt(ctx, call: Call, req: Request, decompose: bool) -> Compiled:
             failed = f"{tail.name}: {type(e).__name__}: {e}"
             continue
         times = dict(import_s=t1 - t0, linalg_s=t2 - t1, llvm_s=t3 - t2, jit_run_s=time.perf_counter() - t3)
-        return Compiled(llvm_ir, ins, outs, so, schedule=tail.name, dynamic=bool(dynamic), decomposed=decompose, inplace_safe=inplace_safe,
+        return Compiled(llvm_ir, ins, outs, so, schedule=tail.name, dynamic=bool(dynamic), result_sizes=sizes,
+                        size_symbols=symbols, decomposed=decompose, inplace_safe=inplace_safe,
                         upcast=upcast, input_perms=perms, schedule_failed=failed, times=times)
     raise AssertionError("unreachable: the plain tail raises or returns")
 

@@ -46,6 +46,8 @@ class Compiled:
     input_perms: Optional[list] = None   # per input, None or the permutation the kernel undoes itself
     schedule_failed: str = ""       # why the schedule tried first was dropped
     dynamic: bool = False           # some dims are `?`: qualified at the call's sizes and at qualify.PROBES
+    result_sizes: Optional[list] = None     # dynamic: per computed result, int sizes or expressions' text ...
+    size_symbols: Optional[dict] = None     # ... of these symbols: name -> (tensor argument, dim)
     times: dict = dataclasses.field(default_factory=dict)   # stage -> seconds
 
     def summary(self) -> str:
