@@ -212,6 +212,8 @@ def _verified(p, key, kernel, args, kwargs, outs, want) -> bool:
                                             args, kwargs, "mismatch", reason, key, llvm_ir=kernel.llvm_ir)
                 recorder.repro(p.name, failure.repro)
             compiler.cache().discard(key, failure)
+            if kernel.dynamic is not None:
+                shapes.found_wrong(recorder, key, p.name, reason)
             if config._current.strict:
                 raise StrictModeError(p.name, "mismatch", reason)
             return False

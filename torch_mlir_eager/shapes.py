@@ -18,6 +18,7 @@ kernels (reported per op).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Optional
@@ -56,6 +57,21 @@ HOT_CALLS = 32
 _SEEN_KEPT = 8
 _families: cachetools.LRUCache = cachetools.LRUCache(16384)
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()       # one another thread of the parent held at the fork would never be released
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def found_wrong(recorder: Recorder, key: tuple, name: str, why: str) -> None:
+    """A dynamic kernel's result differed from native's (verify mode): its family goes back to static kernels."""
+    fam = _families.get(generic(key))
+    if fam is not None and fam.kernel is not None:
+        _give_up(recorder, fam, name, why)
 
 
 def reset() -> None:

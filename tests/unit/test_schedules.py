@@ -198,3 +198,30 @@ def test_addmm_with_scaled_bias_keeps_its_own_pass(ctx):
     lowering.to_linalg(m)
     assert matmul.pack_rhs(m, 32)
     assert str(m).count("arith.addf") == 2 and "arith.mulf" in str(m)
+
+
+@pytest.mark.parametrize("case", [
+    ("aten.mm.default", (torch.randn(37, 24), torch.randn(24, 64)), ((0,), ()), "matmul"),
+    ("aten.mm.default", (torch.randn(40, 24), torch.randn(24, 64)), ((0, 1), (0,)), "matmul"),      # K too
+    ("aten.bmm.default", (torch.randn(3, 21, 16), torch.randn(3, 16, 32)), ((0, 1), (0,)), "matmul"),
+    ("aten.addmm.default", (torch.randn(48), torch.randn(9, 32), torch.randn(48, 32).t()), ((), (0,), ()), "matmul"),
+    ("aten.convolution.default", _conv_args(c=4, f=16, h=13), ((2, 3), (), ()), "conv2d-rows-dynamic"),
+    ("aten.convolution.default", _conv_args(c=3, f=8, h=15, k=7, stride=2, pad=3)[:2] + (None,) +
+     _conv_args()[3:], ((2, 3), ()), "conv2d-rows-dynamic"),
+], ids=["mm-rows", "mm-rows-k", "bmm-batch-rows", "addmm-transposed", "conv-3x3", "conv-7x7-s2-nobias"])
+def test_dynamic_schedules_qualify(ctx, case):
+    """Contractions with dynamic sizes get their families' schedules (peeled partial tiles), qualified at the
+    call's sizes and at the partial-tile probes."""
+    op, args, dyn, family = case
+    r = compile_request(ctx, Request(op=op, args=args, kwargs={}, dynamic=dyn, threads=2))
+    assert isinstance(r, Compiled), r
+    assert r.dynamic and r.schedule == family, (r.schedule, r.schedule_failed)
+
+
+def test_static_scripts_are_unchanged_by_peeling():
+    """The peeled variant is only for dynamic rows: a static plan's script has no peel."""
+    from torch_mlir_eager.build.schedules.base import _script
+    s = _script("", "mm", [8, 32], [0, 0])
+    assert "loop.peel" not in s and "vector_sizes" not in s
+    p = _script("", "mm", [8, 32], [0, 0], peel='ops{["linalg.matmul"]}')
+    assert "transform.loop.peel %rows" in p and "vector_sizes [8, 32, 1]" in p
