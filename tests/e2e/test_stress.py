@@ -24,7 +24,7 @@ def test_200_keys_that_crash_or_hang_the_worker():
     starts0 = compiler.worker().starts
     t0 = time.perf_counter()
     with config.override(inject={"aten.sin.default": "abort", "aten.cos.default": "hang"}, compile_timeout_s=0.3,
-                         disk_cache=False):
+                         disk_cache=False, dynamic="never"):      # a compile per key, as the count below says
         for i in range(200):
             op = torch.sin if i % 2 == 0 else torch.cos
             x = torch.randn(i // 2 + 1, 3)                 # a new key each time
@@ -141,7 +141,7 @@ def test_many_shapes_through_a_small_cache_stay_bounded():
     compiler._cache = KernelCache(maxsize=64)
     try:
         tme.reset_report()
-        with config.override(disk_cache=False):
+        with config.override(disk_cache=False, dynamic="never"):     # a kernel per shape
             for i in range(300):
                 x = torch.randn(i + 1, 2)
                 with tme.enable():
@@ -156,3 +156,33 @@ def test_many_shapes_through_a_small_cache_stay_bounded():
         assert rss_mb() - rss0 < 30, (rss0, rss_mb())
     finally:
         compiler._cache = saved
+
+
+def test_many_shapes_on_one_dynamic_kernel_stay_bounded():
+    """The same 300 shapes with dynamic kernels: two compiles (the first shape static, then one dynamic kernel),
+    every other shape a binding of that kernel's code: no library is mapped per shape, and the cache bound holds."""
+    from torch_mlir_eager import shapes
+    from torch_mlir_eager.cache import KernelCache
+
+    def mapped():
+        with open("/proc/self/maps") as f:
+            return len({line.split()[5] for line in f if "tme-kernel-" in line})
+    saved = compiler._cache
+    shapes.reset()
+    before = mapped()
+    compiler._cache = KernelCache(maxsize=64)
+    try:
+        tme.reset_report()
+        with config.override(disk_cache=False, dynamic="auto"):
+            for i in range(300):
+                x = torch.randn(i + 2, 5)
+                with tme.enable():
+                    got = torch.neg(x)
+                assert torch.equal(got, -x)
+        r = row("aten.neg.default")
+        assert r["compiles"] == 2 and r["dynamic_calls"] == 299 and r["mlir_calls"] == 300, r
+        assert compiler.cache().info()["kernels"] <= 64
+        assert mapped() - before <= 2 + 8, (before, mapped())
+    finally:
+        compiler._cache = saved
+        shapes.reset()
