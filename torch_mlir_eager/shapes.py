@@ -3,8 +3,9 @@
 A call family is a cache key with its tensors' sizes left out (`generic`): the op, each tensor's dtype, rank, layout
 and which dims are 0 or 1, and every other argument. Policy (config `dynamic`):
 - "auto": a family's first shape gets a static kernel (the fast path for shapes that repeat). A later shape that
-  differs in some dims gets one kernel dynamic in those dims (and in any that varied before), used for every
-  later shape that differs only there.
+  differs from the nearest one the family has a kernel for in a way that looks like sizes changing (`_plausible`:
+  not another layer of the same op, whose weight differs too) gets a kernel dynamic in those dims (and in the
+  dims that kernel was dynamic in), used for every later shape that differs only there.
 - "always": every dim of size >= 2 is dynamic from the first call. "never": one static kernel per shape.
 Dims of size 0 and 1 stay static (broadcasting decides on them; a dynamic dim never broadcasts in torch-mlir's
 lowering), so they are part of the family.
@@ -35,13 +36,12 @@ log = logging.getLogger(__name__)
 
 
 class _Family:
-    """What one call family has seen: its first shapes, and its dynamic kernel (or why it has none)."""
-    __slots__ = ("seen", "kernel", "template", "failed", "hot")
+    """What one call family has seen: the shapes of its static kernels, its dynamic kernels (or why it has none)."""
+    __slots__ = ("seen", "kernels", "failed", "hot")
 
     def __init__(self):
         self.seen: list = []                 # shapes (a tuple per tensor) its static kernels were compiled for
-        self.kernel: Optional[Kernel] = None
-        self.template: tuple = ()            # the dynamic kernel's sizes, -1 in its dynamic dims
+        self.kernels: list = []              # (template: sizes with -1 in the dynamic dims, dynamic Kernel)
         self.failed = ""                     # why the family stays static
         self.hot: Optional[set] = set()      # concrete keys to compile static next (None: never again)
 
@@ -54,7 +54,7 @@ class _Family:
 HOT_CALLS = 32
 
 
-_SEEN_KEPT = 8
+_SEEN_KEPT = 64
 _families: cachetools.LRUCache = cachetools.LRUCache(16384)
 _lock = threading.Lock()
 
@@ -70,7 +70,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def found_wrong(recorder: Recorder, key: tuple, name: str, why: str) -> None:
     """A dynamic kernel's result differed from native's (verify mode): its family goes back to static kernels."""
     fam = _families.get(generic(key))
-    if fam is not None and fam.kernel is not None:
+    if fam is not None and fam.kernels:
         _give_up(recorder, fam, name, why)
 
 
@@ -102,30 +102,55 @@ def _serves(template: tuple, shapes) -> bool:
     return all(len(t) == len(s) and all(a == -1 or a == b for a, b in zip(t, s)) for t, s in zip(template, shapes))
 
 
-def _wanted(fam: _Family, shapes, mode: str) -> tuple:
-    """Per tensor, the dims a dynamic kernel for this call should have; () when it should be static."""
+def _changed(base: tuple, shapes) -> list:
+    """(tensor, dim) of each size of `shapes` that differs from `base` (a -1 there matches any size)."""
+    return [(n, i) for n, (t, s) in enumerate(zip(base, shapes)) for i, (a, b) in enumerate(zip(t, s))
+            if a != -1 and a != b]
+
+
+def _plausible(base: tuple, shapes, changed: list) -> bool:
+    """Whether `changed` looks like one call's sizes changing (a longer sequence, a larger image), not another
+    layer of the same op: all the changed sizes take one old -> new pair, or some tensor argument (a weight) kept
+    its sizes. Another layer of a conv or a matmul changes its weight and its input's channels too."""
+    pairs = {(base[n][i], shapes[n][i]) for n, i in changed}
+    if len(pairs) == 1:
+        return True
+    touched = {n for n, _ in changed}
+    return any(n not in touched and any(s >= 2 for s in shape) for n, shape in enumerate(shapes))
+
+
+def _plan(fam: _Family, shapes, mode: str):
+    """(dims per tensor, the shape or template they vary from, the kernel it replaces or None) for a dynamic
+    kernel for this call, or None for a static one. "auto": the nearest shape the family has a kernel for (its
+    dynamic kernels' templates first), if the change from it is `_plausible`."""
     if mode == "always":
-        dyn = [tuple(i for i, s in enumerate(shape) if s >= 2) for shape in shapes]
-    else:
-        if not fam.seen and fam.kernel is None:
-            return ()
-        sets = [set() for _ in shapes]
-        for old in fam.seen:
-            for d, a, b in zip(sets, old, shapes):
-                d.update(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-        for d, t in zip(sets, fam.template):
-            d.update(i for i, s in enumerate(t) if s == -1)
-        dyn = [tuple(sorted(d)) for d in sets]
-    return tuple(dyn) if any(dyn) else ()
+        dyn = tuple(tuple(i for i, s in enumerate(shape) if s >= 2) for shape in shapes)
+        return (dyn, None, None) if any(dyn) else None
+    best = None
+    for template, k in fam.kernels:
+        c = _changed(template, shapes)
+        if best is None or len(c) < len(best[1]):
+            best = (template, c, k)
+    for old in fam.seen:
+        c = _changed(old, shapes)
+        if best is None or len(c) < len(best[1]):
+            best = (old, c, None)
+    if best is None or not best[1] or not _plausible(best[0], shapes, best[1]):
+        return None
+    base, changed, replaced = best
+    dims = [set(i for i, s in enumerate(t) if s == -1) for t in base]
+    for n, i in changed:
+        dims[n].add(i)
+    return tuple(tuple(sorted(d)) for d in dims), base, replaced
 
 
-def _why(fam: _Family, shapes, dyn) -> str:
+def _why(base, shapes, dyn) -> str:
     """`dim 0 of arg 0 varies (8 -> 9)` for the log: the tensor arguments' dims that made this kernel dynamic."""
-    old = fam.seen[-1] if fam.seen else None
     parts = []
     for n, (d, shape) in enumerate(zip(dyn, shapes)):
         for i in d:
-            change = f"{old[n][i]} -> {shape[i]}" if old is not None and old[n][i] != shape[i] else ""
+            old = base[n][i] if base is not None else -1
+            change = f"{old} -> {shape[i]}" if old not in (-1, shape[i]) else ""
             parts.append((f"dim {i} of arg {n}", change))
     if len(parts) == 1:
         what, change = parts[0]
@@ -152,18 +177,21 @@ def kernel_for(recorder: Recorder, key: tuple, name: str, func, args, kwargs, te
                                 why=f"{name}: {list(shapes)} ran {HOT_CALLS} times on a dynamic kernel: ")
             except CompileFailure:
                 fam.hot = None       # the static compile failed: this family's sizes stay on the dynamic kernel
-        if fam.kernel is not None and _serves(fam.template, shapes):
-            bound = _bind(recorder, fam, fam.kernel, key, name, func, args, kwargs, tensors)
-            if bound is not None:
-                return bound
-        dyn = () if fam.failed else _wanted(fam, shapes, mode)
-        if dyn:
-            why = f"{name}: {_why(fam, shapes, dyn)}: compiling a kernel dynamic in " \
+        for template, k in list(fam.kernels):
+            if _serves(template, shapes):
+                bound = _bind(recorder, fam, k, key, name, func, args, kwargs, tensors)
+                if bound is not None:
+                    return bound
+                break
+        plan = None if fam.failed else _plan(fam, shapes, mode)
+        if plan is not None:
+            dyn, base, replaced = plan
+            why = f"{name}: {_why(base, shapes, dyn)}: compiling a kernel dynamic in " \
                   f"{'them' if sum(map(len, dyn)) > 1 else 'it'}: "
-            k = _compile(recorder, g + ("dynamic", _template(shapes, dyn)), name, func, args, kwargs, tensors, dyn,
-                         fam, why)
+            template = _template(shapes, dyn)
+            k = _compile(recorder, g + ("dynamic", template), name, func, args, kwargs, tensors, dyn, fam, why)
             if k is not None:
-                fam.kernel, fam.template = k, _template(shapes, dyn)
+                fam.kernels = [(t, x) for t, x in fam.kernels if x is not replaced] + [(template, k)]
                 bound = _bind(recorder, fam, k, key, name, func, args, kwargs, tensors)
                 if bound is not None:
                     return bound
@@ -189,7 +217,7 @@ def _compile(recorder: Recorder, key, name, func, args, kwargs, tensors, dyn=Non
 
 
 def _give_up(recorder: Recorder, fam: _Family, name: str, why: str) -> None:
-    fam.kernel, fam.failed = None, why[:300]
+    fam.kernels, fam.failed = [], why[:300]
     recorder.dynamic_failed(name, fam.failed)
     log.info("%s: no dynamic kernel, static kernels from now on (%s)", name, fam.failed)
 

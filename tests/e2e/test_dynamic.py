@@ -146,7 +146,7 @@ def test_hook_makes_unchecked_kernels_wrong():
         key, _ = spec.flatten("aten.add.Tensor", (x, y), {})
         fam = shapes._families[shapes.generic(key)]
         from torch_mlir_eager.kernel import kernel_inputs, output_metas
-        k = fam.kernel.bind(kernel_inputs([x, y], None), output_metas([x + y], fam.kernel.outputs))
+        k = fam.kernels[-1][1].bind(kernel_inputs([x, y], None), output_metas([x + y], fam.kernels[-1][1].outputs))
         assert not torch.equal(k.run([x, y])[0], x + y)
 
 
@@ -220,9 +220,31 @@ def test_result_sizes_that_differ_from_natives_never_run():
         _mm(71, k=17)
         key, _ = spec.flatten("aten.mm.default", (torch.randn(72, 17), torch.randn(17, 6)), {})
         fam = shapes._families[shapes.generic(key)]
-        assert fam.kernel.result_sizes and isinstance(fam.kernel.result_sizes[0][0], str), fam.kernel.result_sizes
-        fam.kernel.result_sizes = [["71", 6]]          # specialized on the size it was compiled at
+        assert fam.kernels[-1][1].result_sizes and isinstance(fam.kernels[-1][1].result_sizes[0][0], str), fam.kernels[-1][1].result_sizes
+        fam.kernels[-1][1].result_sizes = [["71", 6]]          # specialized on the size it was compiled at
         _mm(72, k=17)
     r = row("aten.mm.default")
     assert "result sizes at [(72, 17), (17, 6)]: [(71, 6)]" in r["dynamic_failed"], r["dynamic_failed"]
     assert r["dynamic_calls"] == 1 and r["mlir_calls"] == 3, r
+
+
+def test_another_layer_is_not_a_size_that_changes():
+    """Two conv layers (other channels, other weights) share a call family but are two static kernels; a new image
+    size then gives each layer a kernel dynamic in the spatial dims only (channels stay static: the schedule for
+    dynamic image sizes needs them)."""
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(8, 3, 3, 3), torch.randn(16, 8, 3, 3)
+    with config.override(dynamic="auto"):
+        for s in (20, 28):
+            x = torch.randn(1, 3, s, s)
+            y = torch.nn.functional.conv2d(tme.wrap(x), tme.wrap(w1), padding=1)
+            z = tme.unwrap(torch.nn.functional.conv2d(y, tme.wrap(w2), padding=1))
+            want = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, w1, padding=1), w2, padding=1)
+            torch.testing.assert_close(z, want, rtol=1e-4, atol=1e-4)
+    r = row("aten.convolution.default")
+    assert r["compiles"] == 4 and r["dynamic_compiles"] == 2, r
+    from torch_mlir_eager import spec
+    key, _ = spec.flatten("aten.convolution.default", (torch.randn(1, 3, 9, 9), w1, None, [1, 1], [1, 1], [1, 1],
+                                                       False, [0, 0], 1), {})
+    templates = sorted(t for t, _ in shapes._families[shapes.generic(key)].kernels)
+    assert templates == [((1, 3, -1, -1), (8, 3, 3, 3)), ((1, 8, -1, -1), (16, 8, 3, 3))], templates
