@@ -223,22 +223,22 @@ def part_speed(quick: bool) -> list:
     out.append(bench.line("4 ResNet18 warm, dynamic=always", t_ours / t_nat <= 1.35,
                           f"{t_ours * 1e3:.1f} ms vs native {t_nat * 1e3:.1f} ms = {t_ours / t_nat:.2f}x "
                           f"(target <= 1.35x)"))
-    # warm generation steps: the same generation twice (all kernels cached), dynamic vs static kernels
+    # warm generation steps: the same generation (all kernels cached) on static vs dynamic kernels, the two modes
+    # alternating, each from empty caches, best of 3
     gen = gpt2()
     steps = 16
-    times = {}
-    for mode in ("never", "auto"):
-        with tme.config.override(dynamic=mode):
-            fresh()
-            generate(gen, 6, steps)
-            best = min(_timed(lambda: generate(gen, 6, steps)) for _ in range(3))
-            times[mode] = best
+    times = {"never": [], "auto": []}
+    for _ in range(3):
+        for mode in ("never", "auto"):
+            with tme.config.override(dynamic=mode):
+                fresh()
+                generate(gen, 6, steps)
+                times[mode].append(min(_timed(lambda: generate(gen, 6, steps)) for _ in range(2)))
     t_native = min(_timed(lambda: generate(gen, 6, steps, mlir=False)) for _ in range(3))
-    r = times["auto"] / times["never"]
-    out.append(bench.line("4 warm generation steps", r <= 1.2,
-                          f"{steps} tokens on dynamic kernels {times['auto'] * 1e3:.0f} ms vs static "
-                          f"{times['never'] * 1e3:.0f} ms = {r:.2f}x (target <= 1.2x); native "
-                          f"{t_native * 1e3:.0f} ms"))
+    t_s, t_d = min(times["never"]), min(times["auto"])
+    out.append(bench.line("4 warm generation steps", t_d / t_s <= 1.2,
+                          f"{steps} tokens on dynamic kernels {t_d * 1e3:.0f} ms vs static {t_s * 1e3:.0f} ms = "
+                          f"{t_d / t_s:.2f}x (target <= 1.2x); native {t_native * 1e3:.0f} ms"))
     return out
 
 

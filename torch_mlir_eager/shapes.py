@@ -119,7 +119,14 @@ def _plausible(base: tuple, shapes, changed: list) -> bool:
     return any(n not in touched and any(s >= 2 for s in shape) for n, shape in enumerate(shapes))
 
 
-def _plan(fam: _Family, shapes, mode: str):
+# Contractions with a weight: the dims a size change moves (rows; batch and image size), which are also the dims
+# their dynamic schedules take. A change elsewhere (another layer's width, its weight's sizes) is another layer,
+# which gets a static kernel of its own. (bmm and baddbmm have none: attention's sequence dims vary in both.)
+ACTIVATION_DIMS = {"aten.convolution.default": {(0, 0), (0, 2), (0, 3)}, "aten.mm.default": {(0, 0)},
+                   "aten.addmm.default": {(1, 0)}}
+
+
+def _plan(fam: _Family, shapes, mode: str, op: str = ""):
     """(dims per tensor, the shape or template they vary from, the kernel it replaces or None) for a dynamic
     kernel for this call, or None for a static one. "auto": the nearest shape the family has a kernel for (its
     dynamic kernels' templates first), if the change from it is `_plausible`."""
@@ -138,6 +145,9 @@ def _plan(fam: _Family, shapes, mode: str):
     if best is None or not best[1] or not _plausible(best[0], shapes, best[1]):
         return None
     base, changed, replaced = best
+    allowed = ACTIVATION_DIMS.get(op)
+    if allowed is not None and not set(changed) <= allowed:
+        return None
     dims = [set(i for i, s in enumerate(t) if s == -1) for t in base]
     for n, i in changed:
         dims[n].add(i)
@@ -183,7 +193,7 @@ def kernel_for(recorder: Recorder, key: tuple, name: str, func, args, kwargs, te
                 if bound is not None:
                     return bound
                 break
-        plan = None if fam.failed else _plan(fam, shapes, mode)
+        plan = None if fam.failed else _plan(fam, shapes, mode, str(func))
         if plan is not None:
             dyn, base, replaced = plan
             why = f"{name}: {_why(base, shapes, dyn)}: compiling a kernel dynamic in " \
