@@ -46,11 +46,12 @@ class _Family:
         self.hot: Optional[set] = set()      # concrete keys to compile static next (None: never again)
 
 
-# Re-specializing a hot size: in "auto" mode, a shape of a contraction (compiler.SCHEDULED_OPS, where a static
-# schedule can be many times faster than the dynamic kernel: a conv's plain loops) that ran HOT_CALLS times on its
-# family's dynamic kernel gets a static kernel of its own on its next call. Sizes that come once (a KV cache's
-# steps) stay on the dynamic kernel; sizes that repeat (an image size served all day) end on static kernels. The
-# count costs a Python call per run, on those bound kernels only, until then.
+# Re-specializing a hot size: in "auto" mode, a concrete shape that ran HOT_CALLS times on its family's dynamic
+# kernel gets a static kernel of its own on its next call (a static schedule can be several times faster: a conv's,
+# a batch norm's split across threads). Sizes that come once (a KV cache's steps) stay on the dynamic kernel;
+# sizes that repeat (an image size served all day, and the layers of one model that share a family: ResNet's batch
+# norms at 112 and 56 pixels) end on static kernels. The count costs a Python call per run, on those bound kernels
+# only, until then.
 HOT_CALLS = 32
 
 
@@ -268,7 +269,7 @@ def _bind(recorder: Recorder, fam: _Family, k: Kernel, key, name, func, args, kw
             _give_up(recorder, fam, name, f"mismatch at {shapes} on its first run there: "
                      + " ".join(str(e).split("\n")[1:3]).strip())
             return None
-    if fam.hot is not None and str(func) in compiler.SCHEDULED_OPS and config.get().dynamic == "auto":
+    if fam.hot is not None and config.get().dynamic == "auto":
         _count_runs(bound, key, fam)
     compiler.cache().put(key, bound)
     recorder.bound(name)
