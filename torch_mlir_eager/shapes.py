@@ -255,7 +255,7 @@ def _bind(recorder: Recorder, fam: _Family, k: Kernel, key, name, func, args, kw
         bound = k.bind(kernel_inputs(tensors, k.input_perms), output_metas(want, k.outputs))
         got = bound.run(tensors)
     except Exception as e:
-        _give_up(recorder, fam, name, f"binding at {[tuple(t.shape) for t in tensors]}: {type(e).__name__}: {e}")
+        _give_up(recorder, fam, name, f"binding at {shapes}: {type(e).__name__}: {e}")
         return None
     guard = validate.result_guard(func)
     if guard is not None and guard(got) is not None:

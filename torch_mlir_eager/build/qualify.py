@@ -103,9 +103,9 @@ def qualify(call: Call, k: Lowered, link: bool = True, inject: str = "") -> Opti
     native's (validate.result_guard: a NaN in a layer norm's row, a flagged factorization), they prove nothing:
     the kernel is qualified on `call.resampled()` instead."""
     aborts = _runtime_aborts(k.llvm_ir)
-    shape_checks = bool(aborts) and any(_SHAPE_CHECK.search(m) for m in aborts.split("; "))
-    if aborts and not all(m.startswith(_INDEX_ASSERTS) or k.dynamic and _SHAPE_CHECK.search(m)
-                          for m in aborts.split("; ")):
+    messages = aborts.split("; ") if aborts else []
+    shape_checks = any(_SHAPE_CHECK.search(m) for m in messages)
+    if not all(m.startswith(_INDEX_ASSERTS) or k.dynamic and _SHAPE_CHECK.search(m) for m in messages):
         raise CompileFailure("unsupported", f"kernel has a run-time check that aborts the process: {aborts}")
     broken = inject == "remainder"
     kernel = Kernel(k.llvm_ir, k.inputs, k.outputs, input_perms=k.perms, dynamic=k.dynamic, broken_remainder=broken)

@@ -18,12 +18,14 @@ from .pipeline import AFTER_TILE, BUFFERIZE, SERIAL, THREADED, VECTOR_TO_LLVM, a
 
 # Linalg op -> plan(op, static result shape, threads) -> Schedule or None: the module's one contraction decides.
 PLANS = {**conv.PLANS, **matmul.PLANS}
+# The same for a result with dynamic sizes (-1 in `shape`): a family's dynamic variant, or None (plain loops).
+DYNAMIC_PLANS = {**conv.DYNAMIC_PLANS, **matmul.DYNAMIC_PLANS}
 # Family -> prepare(module copy, schedule) -> the transform script to run: rewrites the module first where the
 # family needs its own form of the op (conv as im2col + GEMM, a packed right-hand side).
 FAMILIES = {**conv.FAMILIES, **matmul.FAMILIES, **split.FAMILIES}
 _CONTRACTION_PREFIXES = ("linalg.conv", "linalg.matmul", "linalg.batch")
 
-__all__ = ["Schedule", "select", "to_llvm", "FAMILIES", "PLANS"]
+__all__ = ["Schedule", "select", "to_llvm", "FAMILIES", "PLANS", "DYNAMIC_PLANS"]
 
 
 def select(module, threads: int = 1) -> Optional[Schedule]:
@@ -44,9 +46,7 @@ def select(module, threads: int = 1) -> Optional[Schedule]:
         return None
     op = found[0]
     shape = ir.RankedTensorType(op.results[0].type).shape
-    if any(d < 0 for d in shape):
-        return (conv.dynamic_plan if op.name.startswith("linalg.conv") else matmul.dynamic_plan)(op, shape, threads)
-    plan = PLANS.get(op.name)
+    plan = (DYNAMIC_PLANS if any(d < 0 for d in shape) else PLANS).get(op.name)
     if plan is None:
         return None
     return plan(op, shape, threads)

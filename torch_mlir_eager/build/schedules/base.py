@@ -115,9 +115,10 @@ def _init_into(loop: str, match: str) -> str:
             "    : (!transform.any_op, !transform.any_op) -> (!transform.any_op, !transform.any_op)")
 
 
-def _zero_init(name: str, ty: str, el) -> str:
-    """MLIR lines making %{name}, a tensor of type `ty` filled with zeros and tagged tme.init (see _init_into)."""
-    return (f"  %zero = arith.constant 0.0 : {el}\n  %{name}_e = tensor.empty() : {ty}\n"
+def _zero_init(name: str, ty: str, el, sizes: str = "") -> str:
+    """MLIR lines making %{name}, a tensor of type `ty` filled with zeros and tagged tme.init (see _init_into).
+    `sizes`: the SSA values of its dynamic sizes, if any."""
+    return (f"  %zero = arith.constant 0.0 : {el}\n  %{name}_e = tensor.empty({sizes}) : {ty}\n"
             f"  %{name} = linalg.fill {{tme.init}} ins(%zero : {el}) outs(%{name}_e : {ty}) -> {ty}")
 
 

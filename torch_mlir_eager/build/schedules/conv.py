@@ -110,6 +110,22 @@ COL_HEAD = """
   {col_forall}"""
 
 
+def _conv_attrs(conv) -> tuple:
+    """(input, weight and output types, strides, dilations) of a linalg.conv_2d_nchw_fchw (in its context)."""
+    xt, wt, ot = (ir.RankedTensorType(v.type) for v in list(conv.operands)[:3])
+    strides = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["strides"])]
+    dil = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["dilations"])]
+    return xt, wt, ot, strides, dil
+
+
+def _panels_head(fill: bool) -> str:
+    """The GEMM match of the conv-as-GEMM scripts; with `fill`, the zero init fused into the panels' forall first."""
+    if not fill:
+        return GEMM_MATCH
+    return ("\n  %conv_panels = transform.structured.match ops{[\"scf.forall\"]} in %root : (!transform.any_op) -> "
+            "!transform.any_op\n  " + _init_into("%conv_panels", "attributes{tme.init}") + GEMM_MATCH)
+
+
 def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
     """Replace the module's one linalg.conv_2d_nchw_fchw (float) by a call to CONV_AS_PANELS (column panels of
     `panel_rows` output rows; 0: one panel) or CONV_AS_DOT, inlined. False when there is no such conv."""
@@ -118,11 +134,9 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
         return False
     conv = convs[0]
     with module.context:
-        xt, wt, ot = (ir.RankedTensorType(v.type) for v in list(conv.operands)[:3])
-        if str(ot.element_type) not in ("f32", "f64") or any(d < 0 for t in (xt, wt, ot) for d in t.shape):
-            return False
-        strides = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["strides"])]
-        dil = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["dilations"])]
+        xt, wt, ot, strides, dil = _conv_attrs(conv)
+    if str(ot.element_type) not in ("f32", "f64") or any(d < 0 for t in (xt, wt, ot) for d in t.shape):
+        return False
     n, f, oh, ow = ot.shape
     _, c, kh, kw = wt.shape
     r = panel_rows or oh
@@ -200,16 +214,12 @@ def _dynamic_conv(module, s: Schedule) -> str:
         raise CompileFailure("llvm", "schedule conv2d-rows-dynamic: not one conv")
     conv = convs[0]
     with module.context:
-        xt, wt, ot = (ir.RankedTensorType(v.type) for v in list(conv.operands)[:3])
-        strides = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["strides"])]
-        dil = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["dilations"])]
+        xt, wt, ot, strides, dil = _conv_attrs(conv)
     n, f = ot.shape[:2]
     _, c, kh, kw = wt.shape
     el = ot.element_type
     if _filled_init(conv, zero=True):
-        init = (f"  %zero = arith.constant 0.0 : {el}\n  %i1_e = tensor.empty(%p) : tensor<{n}x{f}x?x{el}>\n"
-                f"  %i1 = linalg.fill {{tme.init}} ins(%zero : {el}) outs(%i1_e : tensor<{n}x{f}x?x{el}>) "
-                f"-> tensor<{n}x{f}x?x{el}>")
+        init = _zero_init("i1", f"tensor<{n}x{f}x?x{el}>", el, sizes="%p")
     else:
         init = f"  %i1 = tensor.collapse_shape %init [[0], [1], [2, 3]] : {ot} into tensor<{n}x{f}x?x{el}>"
     text = CONV_ROWS_DYNAMIC.format(
@@ -225,8 +235,6 @@ STAND_IN_COLUMNS = 32 * 7
 
 def dynamic_plan(op, shape, threads: int):
     """conv2d-rows-dynamic for a float linalg.conv_2d_nchw_fchw with dynamic spatial sizes only, else None."""
-    if op.name != "linalg.conv_2d_nchw_fchw":
-        return None
     xt, wt = (ir.RankedTensorType(v.type) for v in list(op.operands)[:2])
     if str(xt.element_type) not in ("f32", "f64") or any(d < 0 for d in list(shape[:2]) + list(xt.shape[:2]) +
                                                           list(wt.shape)):
@@ -234,11 +242,7 @@ def dynamic_plan(op, shape, threads: int):
     f = shape[1]
     mt, nt = _register_tile(f, STAND_IN_COLUMNS, CONV_TILES_AVX512 if avx512() else None)
     fill = _filled_init(op, zero=True)
-    head = GEMM_MATCH
-    if fill:
-        head = ("\n  %conv_panels = transform.structured.match ops{[\"scf.forall\"]} in %root : (!transform.any_op) -> "
-                "!transform.any_op\n  " + _init_into("%conv_panels", "attributes{tme.init}") + head)
-    script = _script(head, "gemm", [1, mt, nt], [0, 0, 0], fill=fill, peel='ops{["linalg.generic"]} attributes{tme.gemm}',
+    script = _script(_panels_head(fill), "gemm", [1, mt, nt], [0, 0, 0], fill=fill, peel='ops{["linalg.generic"]} attributes{tme.gemm}',
                      peel_dim=2)
     return Schedule("conv2d-rows-dynamic", script, threads)
 
@@ -257,11 +261,7 @@ def _conv_schedule(shape, k: int, threads: int, fill: bool = False) -> Schedule:
         return Schedule("conv2d-dot", script, threads)
     # The panels' forall (in the template) is what the threads share; the script register-tiles each panel's GEMM.
     # A zero init (a conv without bias) goes into the panels and then into the register tiles (REGISTER_TILE).
-    head = GEMM_MATCH
-    if fill:
-        head = ("\n  %conv_panels = transform.structured.match ops{[\"scf.forall\"]} in %root : (!transform.any_op) -> "
-                "!transform.any_op\n  " + _init_into("%conv_panels", "attributes{tme.init}") + head)
-    return Schedule("conv2d-panels", _script(head, "gemm", [1, mt, nt], [0, 0, 0], fill=fill),
+    return Schedule("conv2d-panels", _script(_panels_head(fill), "gemm", [1, mt, nt], [0, 0, 0], fill=fill),
                     threads if oh // r > 1 else 1, r)
 
 
@@ -280,4 +280,5 @@ def _as_gemm(dot: bool):
 
 
 PLANS = {"linalg.conv_2d_nchw_fchw": plan}
+DYNAMIC_PLANS = {"linalg.conv_2d_nchw_fchw": dynamic_plan}
 FAMILIES = {"conv2d-panels": _as_gemm(False), "conv2d-dot": _as_gemm(True), "conv2d-rows-dynamic": _dynamic_conv}

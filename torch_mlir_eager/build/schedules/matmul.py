@@ -315,7 +315,7 @@ def dynamic_plan(op, shape, threads: int):
     dynamic): rows, batch and K may vary, N must be static. The static "matmul" family's plan for a stand-in size,
     with the row loop peeled (base.PEELED) where rows vary: the full tiles keep the static kernel's vector code.
     (A transposed right-hand side is not packed here: its transpose runs as a loop of its own.)"""
-    if op.name not in PLANS or len(op.operands) != 3 or shape[-1] < 0:
+    if len(op.operands) != 3 or shape[-1] < 0:
         return None
     at = ir.RankedTensorType(op.operands[0].type)
     if str(at.element_type) not in ("f32", "f64"):
@@ -343,4 +343,5 @@ def _folded(module, s: Schedule) -> str:
 
 
 PLANS = {"linalg.matmul": plan, "linalg.batch_matmul": plan}
+DYNAMIC_PLANS = {"linalg.matmul": dynamic_plan, "linalg.batch_matmul": dynamic_plan}
 FAMILIES = {"matmul": lambda module, s: s.script, "matmul-packed": _packed, "matmul-dot": _folded}
