@@ -140,8 +140,10 @@ def part_img(quick: bool) -> list:
             torch.testing.assert_close(got, model(x), rtol=1e-3, atol=1e-4)
             per.append(compiles() - c)
     after = sum(per[2:])
+    t = tme.report().to_dict()["totals"]
     return [bench.line("3 images", after == 0, f"compiles per size {per}: {after} after the first 2 (target 0); "
-                       f"first forward per size {', '.join(f'{t:.1f}' for t in times)} s")]
+                       f"first forward per size {', '.join(f'{t:.1f}' for t in times)} s; "
+                       f"{t['mlir_calls']} of {t['mlir_calls'] + t['fallback_calls']} calls through MLIR")]
 
 
 def _distinct_calls(model, x) -> dict:
