@@ -6,7 +6,8 @@ and which dims are 0 or 1, and every other argument. Policy (config `dynamic`):
   differs from the nearest one the family has a kernel for in a way that looks like sizes changing (`_plausible`:
   not another layer of the same op, whose weight differs too) gets a kernel dynamic in those dims (and in the
   dims that kernel was dynamic in), used for every later shape that differs only there.
-- "always": every dim of size >= 2 is dynamic from the first call. "never": one static kernel per shape.
+- "always": every dim of size >= 2 is dynamic from the first call (a conv's or a matmul's: those of its
+  ACTIVATION_DIMS). "never": one static kernel per shape.
 Dims of size 0 and 1 stay static (broadcasting decides on them; a dynamic dim never broadcasts in torch-mlir's
 lowering), so they are part of the family.
 
@@ -132,7 +133,11 @@ def _plan(fam: _Family, shapes, mode: str, op: str = ""):
     kernel for this call, or None for a static one. "auto": the nearest shape the family has a kernel for (its
     dynamic kernels' templates first), if the change from it is `_plausible`."""
     if mode == "always":
-        dyn = tuple(tuple(i for i, s in enumerate(shape) if s >= 2) for shape in shapes)
+        # every dim of size >= 2, but a contraction's weight keeps its sizes (its dynamic schedules take only the
+        # activation dims; with a dynamic weight a conv runs as plain loops, 18-25x its static kernel)
+        allowed = ACTIVATION_DIMS.get(op)
+        dyn = tuple(tuple(i for i, s in enumerate(shape) if s >= 2 and (allowed is None or (n, i) in allowed))
+                    for n, shape in enumerate(shapes))
         return (dyn, None, None) if any(dyn) else None
     best = None
     for template, k in fam.kernels:

@@ -16,9 +16,9 @@ def _conv_args(c=8, f=8, h=10, k=3, stride=1, pad=1):
     return (x, w, b, [stride, stride], [pad, pad], [1, 1], False, [0, 0], 1)
 
 
-def _linalg(ctx, func, args):
+def _linalg(ctx, func, args, dynamic=None):
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    g, _ = graph.one_node_graph(func, args, {}, tensors)
+    g, _ = graph.one_node_graph(func, args, {}, tensors, dynamic=dynamic)
     m = importer.import_graph(ctx, g)
     lowering.to_linalg(m)
     return m
@@ -208,7 +208,14 @@ def test_addmm_with_scaled_bias_keeps_its_own_pass(ctx):
     ("aten.convolution.default", _conv_args(c=4, f=16, h=13), ((2, 3), (), ()), "conv2d-rows-dynamic"),
     ("aten.convolution.default", _conv_args(c=3, f=8, h=15, k=7, stride=2, pad=3)[:2] + (None,) +
      _conv_args()[3:], ((2, 3), ()), "conv2d-rows-dynamic"),
-], ids=["mm-rows", "mm-rows-k", "bmm-batch-rows", "addmm-transposed", "conv-3x3", "conv-7x7-s2-nobias"])
+    # an image whose im2col is too big to take whole (conv.WHOLE_BYTES): by output row
+    ("aten.convolution.default", _conv_args(c=64, f=16, h=32), ((2, 3), (), ()), "conv2d-rows-dynamic"),
+    # rows and columns both dynamic (attention's q @ k^T, its k transposed): PEELED_2D
+    ("aten.bmm.default", (torch.randn(4, 37, 16), torch.randn(4, 37, 16).transpose(1, 2)), ((1,), (2,)), "matmul"),
+    ("aten.mm.default", (torch.randn(24, 16), torch.randn(16, 45)), ((), (1,)), "matmul"),           # columns only
+    ("aten.add.Tensor", (torch.randn(4, 40, 512), torch.randn(4, 40, 512)), ((1,), (1,)), "split-loops"),
+], ids=["mm-rows", "mm-rows-k", "bmm-batch-rows", "addmm-transposed", "conv-3x3", "conv-7x7-s2-nobias",
+        "conv-by-row", "bmm-rows-columns", "mm-columns", "add-split"])
 def test_dynamic_schedules_qualify(ctx, case):
     """Contractions with dynamic sizes get their families' schedules (peeled partial tiles), qualified at the
     call's sizes and at the partial-tile probes."""
@@ -216,6 +223,32 @@ def test_dynamic_schedules_qualify(ctx, case):
     r = compile_request(ctx, Request(op=op, args=args, kwargs={}, dynamic=dyn, threads=2))
     assert isinstance(r, Compiled), r
     assert r.dynamic and r.schedule == family, (r.schedule, r.schedule_failed)
+
+
+def test_dynamic_results_are_written_into_the_callers_buffer(ctx):
+    """A result with dynamic sizes is hoisted to the out-param the caller allocates (hoist-dynamic-allocs), not
+    computed into a malloc'd buffer and copied (a dynamic add ran at 2x its static kernel)."""
+    args = (torch.randn(4, 40, 64), torch.randn(4, 40, 64))
+    r = compile_request(ctx, Request(op="aten.add.Tensor", args=args, kwargs={}, dynamic=((1,), (1,)), threads=1))
+    assert isinstance(r, Compiled) and r.dynamic, r
+    assert "llvm.call @malloc" not in r.llvm_ir and "llvm.call @aligned_alloc" not in r.llvm_ir
+
+
+def test_dynamic_conv_form_follows_the_calls_sizes(ctx):
+    """The dynamic conv plan takes the sizes of the call it is compiled for (the hint): a small image's im2col
+    whole (panel_rows -1, CONV_WHOLE_DYNAMIC), a big one by output row, whose register tile, for a row narrower
+    than the widest tile, is that row rounded up to whole vectors."""
+    from torch_mlir_eager.host import avx512
+    m = _linalg(ctx, aten.convolution.default, _conv_args(c=8, f=16, h=7), dynamic=((2, 3), (), ()))
+    wide = schedules.select(m, 1)
+    small = schedules.select(m, 1, [(1, 16, 7, 7)])
+    tall = schedules.select(m, 1, [(1, 16, 4096, 7)])        # 72 x 4096*7 floats of im2col: by row
+    assert wide.family == small.family == tall.family == "conv2d-rows-dynamic"
+    assert small.panel_rows == -1 and wide.panel_rows == tall.panel_rows == 0
+    vec = 16 if avx512() else 8
+    assert f"tile_sizes [1, 16, {vec}, 0]" in tall.script or f"tile_sizes [1, 8, {vec}, 0]" in tall.script, \
+        tall.script
+    assert tall.script != wide.script
 
 
 def test_static_scripts_are_unchanged_by_peeling():

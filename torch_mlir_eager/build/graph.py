@@ -167,7 +167,7 @@ def decomposed_graph(func, args, kwargs, tensors, perms=None, dynamic=None) -> t
     fakes, out = _fake_call(func, args, kwargs, tensors, dynamic)
     results = _results(out)
 
-    flat = func in _SPATIAL_FLAT and isinstance(args[0], torch.Tensor) and args[0].dim() > 3
+    flat = func in _SPATIAL_FLAT and isinstance(args[0], torch.Tensor) and args[0].dim() > 3 and not dynamic
 
     def fn(*ts):
         if perms:

@@ -28,7 +28,7 @@ LINALG_TO_LLVM = [
     # copies only where a write would reach one (copy-before-write would copy at every tile write).
     "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map}",
     # Without modify-public-functions the public @main keeps returning its result.
-    "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true}",
+    "buffer-results-to-out-params{hoist-static-allocs=true hoist-dynamic-allocs=true modify-public-functions=true}",
     "canonicalize",
     BUFFER_REWRITES,
     # Temporaries (and the result copy the hoisting leaves behind) get freed: no leak per call.
@@ -44,7 +44,9 @@ LINALG_TO_LLVM = [
     "func.func(lower-affine)",
     "convert-scf-to-cf",
     "func.func(refback-expand-ops-for-llvm)",
-    "func.func(arith-expand)",
+    # bf16 conversions as integer ops: LLVM would call libgcc's __truncsfbf2 on CPUs without AVX-512 BF16, which
+    # the JIT does not link ("Symbols not found", the worker dies)
+    "func.func(arith-expand{include-bf16=true})",
     "func.func(convert-math-to-llvm)",
     "convert-math-to-libm",
     "expand-strided-metadata",

@@ -37,8 +37,8 @@ class _Tail:
     dump: str = ""                              # the file its LLVM-dialect input is dumped to, if any
 
 
-def _tails(module, req: Request, noalias: bool, pre: str) -> List[_Tail]:
-    sched = schedules.select(module, req.threads) if req.schedules else None
+def _tails(module, req: Request, noalias: bool, pre: str, hint=None) -> List[_Tail]:
+    sched = schedules.select(module, req.threads, hint) if req.schedules else None
     plain = _Tail("plain", pre + "llvm", lambda m: lowering.to_llvm(m, noalias=noalias), pre + "llvm.mlir")
     if sched is None:
         return [plain]
@@ -95,7 +95,7 @@ def _attempt(ctx, call: Call, req: Request, decompose: bool) -> Compiled:
     rewrites.flatten_elementwise(module)
     _dump(req, pre + "flat.mlir", lambda: str(module))
     failed = ""
-    tails = _tails(module, req, not inplace_safe, pre)
+    tails = _tails(module, req, not inplace_safe, pre, [tuple(m.shape) for m in outs if m is not None] or None)
     for tail in tails:
         t2 = time.perf_counter()
         try:

@@ -18,7 +18,8 @@ from .pipeline import AFTER_TILE, BUFFERIZE, SERIAL, THREADED, VECTOR_TO_LLVM, a
 
 # Linalg op -> plan(op, static result shape, threads) -> Schedule or None: the module's one contraction decides.
 PLANS = {**conv.PLANS, **matmul.PLANS}
-# The same for a result with dynamic sizes (-1 in `shape`): a family's dynamic variant, or None (plain loops).
+# The same for a result with dynamic sizes (-1 in `shape`): a family's dynamic variant, or None (plain loops); these
+# also take `hint`, the sizes of the call the kernel is compiled for (or None), for choices a size makes better.
 DYNAMIC_PLANS = {**conv.DYNAMIC_PLANS, **matmul.DYNAMIC_PLANS}
 # Family -> prepare(module copy, schedule) -> the transform script to run: rewrites the module first where the
 # family needs its own form of the op (conv as im2col + GEMM, a packed right-hand side).
@@ -28,8 +29,9 @@ _CONTRACTION_PREFIXES = ("linalg.conv", "linalg.matmul", "linalg.batch")
 __all__ = ["Schedule", "select", "to_llvm", "FAMILIES", "PLANS", "DYNAMIC_PLANS"]
 
 
-def select(module, threads: int = 1) -> Optional[Schedule]:
-    """The schedule for this Linalg module, or None (plain loops); `threads` > 1 splits the work that many ways."""
+def select(module, threads: int = 1, hint=None) -> Optional[Schedule]:
+    """The schedule for this Linalg module, or None (plain loops); `threads` > 1 splits the work that many ways.
+    `hint`: the call's result shapes, for a dynamic plan (the first of the op's rank and static sizes)."""
     func = next((op for op in module.body.operations if op.operation.name == "func.func"), None)
     if func is None:
         return None
@@ -46,10 +48,15 @@ def select(module, threads: int = 1) -> Optional[Schedule]:
         return None
     op = found[0]
     shape = ir.RankedTensorType(op.results[0].type).shape
-    plan = (DYNAMIC_PLANS if any(d < 0 for d in shape) else PLANS).get(op.name)
+    if not any(d < 0 for d in shape):
+        plan = PLANS.get(op.name)
+        return None if plan is None else plan(op, shape, threads)
+    plan = DYNAMIC_PLANS.get(op.name)
     if plan is None:
         return None
-    return plan(op, shape, threads)
+    sizes = next((h for h in hint or () if len(h) == len(shape) and all(d < 0 or d == s for d, s in zip(shape, h))),
+                 None)
+    return plan(op, shape, threads, sizes)
 
 
 def to_llvm(module, schedule: Schedule, noalias: bool = True):

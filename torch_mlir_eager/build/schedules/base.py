@@ -15,7 +15,8 @@ class Schedule:
     family: str
     script: str
     threads: int = 1
-    panel_rows: int = 0        # conv2d-panels: output rows per panel (CONV_AS_PANELS); matmul-packed: panel width
+    panel_rows: int = 0        # conv2d-panels: output rows per panel (CONV_AS_PANELS); matmul-packed: panel width;
+                               # conv2d-rows-dynamic: -1 for the whole image at once (CONV_WHOLE_DYNAMIC)
 
 
 # Every schedule: a family-specific head finds the op (%{target}0) and may split it across threads (%{target});
@@ -88,12 +89,40 @@ PEELED_FILL = """  %{loop}f = transform.structured.match ops{{["linalg.fill"]}} 
 """
 
 
+# Two dynamic parallel dims (attention's q @ k^T: rows and columns): the row loop peeled, then the column loop
+# inside the full rows (found from the contraction in it: a handle to a loop nested in a peeled one does not
+# survive the peel); the tile that is full in both (%fc) keeps the static vector code, the three partial variants
+# are matched in the whole function afterwards and vectorized with masks.
+PEELED_2D = """  %rows = transform.cast %l#{rows} : !transform.any_op to !transform.op<"scf.for">
+  %fr, %pr = transform.loop.peel %rows : (!transform.op<"scf.for">) -> (!transform.any_op, !transform.any_op)
+  %fr0 = transform.structured.match {match} in %fr : (!transform.any_op) -> !transform.any_op
+  %fr1 = transform.get_parent_op %fr0 {{op_name = "scf.for"}} : (!transform.any_op) -> !transform.any_op
+  %cols = transform.cast %fr1 : !transform.any_op to !transform.op<"scf.for">
+  %fc, %pc = transform.loop.peel %cols : (!transform.op<"scf.for">) -> (!transform.any_op, !transform.any_op)
+  %fpeel = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
+  transform.apply_patterns to %fpeel {{
+    transform.apply_patterns.canonicalization
+  }} : !transform.any_op
+{full}{part}"""
+
+
 def _vectorize(ktile: str, fill_vec: str, peel=None) -> str:
-    """REGISTER_TILE's end: VECTORIZE, or with `peel` = (index of the loop to peel among the tile loops, the
-    contraction's match text, register tile sizes per parallel dim) PEELED."""
+    """REGISTER_TILE's end: VECTORIZE, or with `peel` = (indices of the loops to peel among the tile loops (one:
+    PEELED, two: PEELED_2D), the contraction's match text, register tile sizes per parallel dim)."""
     if peel is None:
         return VECTORIZE.format(ktile=ktile, fill_vec=fill_vec)
-    rows, match, tiles = peel
+    loops, match, tiles = peel
+    if len(loops) == 2:
+        full, part = ("fc", ""), ("root", f" vector_sizes [{', '.join(map(str, tiles + [1]))}]")
+        text = []
+        for loop, sizes in (full, part):
+            text.append(PEELED_TILE.format(loop=loop, match=match, ktile=ktile, sizes=sizes))
+            if fill_vec:
+                text.append(PEELED_FILL.format(loop=loop, sizes=sizes and
+                                               f" vector_sizes [{', '.join(map(str, tiles))}]"))
+        half = len(text) // 2
+        return PEELED_2D.format(rows=loops[0], match=match, full="".join(text[:half]), part="".join(text[half:]))
+    rows = loops[0]
     parts = []
     for loop, sizes in (("full", ""), ("part", f" vector_sizes [{', '.join(map(str, tiles + [1]))}]")):
         parts.append(PEELED_TILE.format(loop=loop, match=match, ktile=ktile, sizes=sizes))
@@ -155,13 +184,14 @@ def _forall(src: str, out: str, counts) -> str:
 
 
 def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: bool = False, peel=None,
-            peel_dim: int = -2) -> str:
+            peel_dims: tuple = (-2,)) -> str:
     """A register-tile schedule: `tiles` for the op's parallel dims (k, the last dim, is stepped by 1). `panel`: an
     int > 0 first cuts the last parallel dim (N) into panels of that width, so that a K x panel slice of the
     right-hand operand stays in cache while every row tile passes over it (without it each row tile streams all
     of it); a list gives the panel loop's tile sizes per parallel dim directly. `fill`: the op's accumulator is a
     linalg.fill, fused into every loop (REGISTER_TILE's structured.fuse). `peel`: the op's match text, for a
-    dynamic parallel dim (`peel_dim`, by default the rows: the dim before the last parallel one): PEELED."""
+    dynamic parallel dim (`peel_dims`, by default the rows: the dim before the last parallel one): PEELED; two
+    dims (rows and columns): PEELED_2D."""
     n = len(tiles)
     if panel:
         sizes = ", ".join(map(str, panel + [0] if isinstance(panel, list) else [0] * (n - 1) + [panel, 0]))
@@ -174,8 +204,8 @@ def _script(head: str, target: str, tiles: list, split: list, panel=0, fill: boo
         forall += "\n  " + _init_into("%forall", 'ops{["linalg.fill"]}')
     ktile = ", ".join(["0"] * n + ["1"])
     fill_vec = _fill_vec(loops - 1, 'ops{["linalg.fill"]}') if fill else ""
-    rows = sum(1 for t in tiles[:peel_dim % n] if t)     # the peeled loop's index among the tile loops
-    vec = _vectorize(ktile, fill_vec, None if peel is None else (rows, peel, list(tiles)))
+    at = [sum(1 for t in tiles[:d % n] if t) for d in sorted(d % n for d in peel_dims)]   # among the tile loops
+    vec = _vectorize(ktile, fill_vec, None if peel is None else (at, peel, list(tiles)))
     return REGISTER_TILE.format(
         head=head, target=target, forall=forall, panel=panel_text, register="fuse" if fill else "tile_using_for",
         tiles=", ".join(map(str, tiles)), nloops=loops, handles=", !transform.any_op" * loops, vectorize=vec)

@@ -8,7 +8,7 @@ from ..rewrites import find_ops
 from .base import (GEMM_MATCH, MAC, NO_FORALL, Schedule, _dot_script, _filled_init, _init_into, _replace_with_call,
                    _script, _zero_init)
 from ...host import avx512
-from .tiles import CONV_TILES_AVX512, _conv_panel, _dot_tile, _register_tile
+from .tiles import CONV_TILES_AVX512, PANEL_BYTES, _conv_panel, _dot_tile, _register_tile
 
 
 # The dot form's im2col copy split across threads (by output rows).
@@ -102,6 +102,13 @@ func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
 # Outer-product tiles narrower than this go to the dot form (measured: 14x14 and 28x28 outputs are slower in it:
 # 256x14x14 3x3 1282 us vs 899 with 16 x 14 outer products).
 DOT_BELOW = 8
+
+
+def _ragged_avx2(nt: int) -> bool:
+    """An outer-product tile width that is not whole AVX2 vectors (8 floats) on a CPU without AVX-512: LLVM splits
+    the rest into narrower pieces (14 = 8 + 4 + 2), which ran 256x14x14 3x3 at 25-31 ms (native 2.7; AVX-512 masks
+    one 16-wide vector instead). Such convs take the dot-product form, which vectorizes along k."""
+    return not avx512() and nt % 8 != 0
 
 
 COL_HEAD = """
@@ -206,6 +213,47 @@ func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
 """
 
 
+# Small outputs (`WHOLE_BYTES`): the im2col of the whole image first, then one GEMM over all OH*OW columns, its
+# column loop peeled: one output row per panel streams the whole weight once per row (256x14x14 3x3: 2.4 MB of
+# weight 14 times), and a row of 7 or 14 columns is mostly partial tiles.
+CONV_WHOLE_DYNAMIC = """
+func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
+  %c2 = arith.constant 2 : index
+  %c3 = arith.constant 3 : index
+  %oh = tensor.dim %init, %c2 : {ot}
+  %ow = tensor.dim %init, %c3 : {ot}
+  %p = arith.muli %oh, %ow : index
+  %w2 = tensor.collapse_shape %w [[0], [1, 2, 3]] : {wt} into tensor<{f}x{k}x{el}>
+{init}
+  %e = tensor.empty(%oh, %ow) : tensor<{n}x{c}x{kh}x{kw}x?x?x{el}>
+  %col = linalg.generic {{tme.im2col,
+      indexing_maps = [affine_map<(n, c, kh, kw, oh, ow) -> (n, c, oh * {sh} + kh * {dh}, ow * {sw} + kw * {dw})>,
+                       affine_map<(n, c, kh, kw, oh, ow) -> (n, c, kh, kw, oh, ow)>],
+      iterator_types = ["parallel", "parallel", "parallel", "parallel", "parallel", "parallel"]}}
+      ins(%x : {xt}) outs(%e : tensor<{n}x{c}x{kh}x{kw}x?x?x{el}>) {{
+    ^bb0(%a: {el}, %b: {el}):
+      linalg.yield %a : {el}
+  }} -> tensor<{n}x{c}x{kh}x{kw}x?x?x{el}>
+  %colm = tensor.collapse_shape %col [[0], [1, 2, 3], [4, 5]]
+    : tensor<{n}x{c}x{kh}x{kw}x?x?x{el}> into tensor<{n}x{k}x?x{el}>
+  %g = linalg.generic {{tme.gemm,
+      indexing_maps = [affine_map<(n, f, j, k) -> (f, k)>, affine_map<(n, f, j, k) -> (n, k, j)>,
+                       affine_map<(n, f, j, k) -> (n, f, j)>],
+      iterator_types = ["parallel", "parallel", "parallel", "reduction"]}}
+      ins(%w2, %colm : tensor<{f}x{k}x{el}>, tensor<{n}x{k}x?x{el}>) outs(%i1 : tensor<{n}x{f}x?x{el}>) {{
+{mac}
+  }} -> tensor<{n}x{f}x?x{el}>
+  %r2 = tensor.expand_shape %g [[0], [1], [2, 3]] output_shape [{n}, {f}, %oh, %ow]
+    : tensor<{n}x{f}x?x{el}> into {ot}
+  return %r2 : {ot}
+}}
+"""
+
+
+# The whole image's im2col may take this many bytes (at the hint's sizes) for CONV_WHOLE_DYNAMIC.
+WHOLE_BYTES = 2 << 20
+
+
 def _dynamic_conv(module, s: Schedule) -> str:
     """Replace the module's one float linalg.conv_2d_nchw_fchw whose only dynamic sizes are spatial by
     CONV_ROWS_DYNAMIC, inlined."""
@@ -222,28 +270,51 @@ def _dynamic_conv(module, s: Schedule) -> str:
         init = _zero_init("i1", f"tensor<{n}x{f}x?x{el}>", el, sizes="%p")
     else:
         init = f"  %i1 = tensor.collapse_shape %init [[0], [1], [2, 3]] : {ot} into tensor<{n}x{f}x?x{el}>"
-    text = CONV_ROWS_DYNAMIC.format(
+    text = (CONV_WHOLE_DYNAMIC if s.panel_rows < 0 else CONV_ROWS_DYNAMIC).format(
         init=init, mac=MAC.format(el=el), xt=xt, wt=wt, ot=ot, el=el, n=n, c=c, kh=kh, kw=kw, f=f, k=c * kh * kw,
         sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], xh=(kh - 1) * dil[0] + 1)
     _replace_with_call(module, conv, text, "tme_conv", list(conv.operands)[:3], ot, "conv2d-rows-dynamic")
     return s.script
 
 
-# What a dynamic output width is planned as: a multiple of every register tile's columns.
+# What a dynamic output width is planned as without a hint: a multiple of every register tile's columns.
 STAND_IN_COLUMNS = 32 * 7
 
 
-def dynamic_plan(op, shape, threads: int):
-    """conv2d-rows-dynamic for a float linalg.conv_2d_nchw_fchw with dynamic spatial sizes only, else None."""
+def dynamic_plan(op, shape, threads: int, hint=None):
+    """conv2d-rows-dynamic for a float linalg.conv_2d_nchw_fchw with dynamic spatial sizes only, else None: the
+    whole image at once (CONV_WHOLE_DYNAMIC, panel_rows -1) where its im2col at the hint's sizes is small, else by
+    output row (CONV_ROWS_DYNAMIC). The row form's register tile width: the ISA's widest, or for an output row
+    narrower than that (`hint`: the call's output sizes), the row rounded up to whole vectors, so that the row is
+    one tile and not one mostly masked one
+    (AVX2, 512x7x7 3x3: a 16-wide tile computed 16 columns for every 7)."""
     xt, wt = (ir.RankedTensorType(v.type) for v in list(op.operands)[:2])
     if str(xt.element_type) not in ("f32", "f64") or any(d < 0 for d in list(shape[:2]) + list(xt.shape[:2]) +
                                                           list(wt.shape)):
         return None
     f = shape[1]
-    mt, nt = _register_tile(f, STAND_IN_COLUMNS, CONV_TILES_AVX512 if avx512() else None)
+    tiles = CONV_TILES_AVX512 if avx512() else None
+    mt, nt = _register_tile(f, STAND_IN_COLUMNS, tiles)
+    if not avx512() and f % 4 == 0:
+        # AVX2: 8 x 16 takes all 16 vector registers for accumulators, which the masked and peeled code spills
+        # (256x14x14 3x3: 2.05x the static kernel with 8 x 16, 1.36x with 4 x 16)
+        mt, nt = 4, 16
     fill = _filled_init(op, zero=True)
-    script = _script(_panels_head(fill), "gemm", [1, mt, nt], [0, 0, 0], fill=fill, peel='ops{["linalg.generic"]} attributes{tme.gemm}',
-                     peel_dim=2)
+    peel = 'ops{["linalg.generic"]} attributes{tme.gemm}'
+    k = wt.shape[1] * wt.shape[2] * wt.shape[3]
+    if hint is not None and hint[0] * k * hint[2] * hint[3] * 4 <= WHOLE_BYTES:
+        # the whole image at once: threads split the output channels; the columns in panels whose K x width slice
+        # of the im2col stays in L2 (PANEL_BYTES) while every row tile passes over it
+        split = threads if threads > 1 and f % (threads * mt) == 0 else 1
+        pw = max(nt, PANEL_BYTES // (k * 4) // nt * nt)
+        panel = pw if k * hint[2] * hint[3] * 4 > PANEL_BYTES else 0
+        script = _script(GEMM_MATCH, "gemm", [1, mt, nt], [0, split, 0], panel=panel, fill=fill, peel=peel,
+                         peel_dims=(2,))
+        return Schedule("conv2d-rows-dynamic", script, split, -1)
+    if hint is not None and hint[3] < nt:
+        vec = 16 if avx512() else 8
+        mt, nt = _register_tile(f, -(-hint[3] // vec) * vec, tiles)
+    script = _script(_panels_head(fill), "gemm", [1, mt, nt], [0, 0, 0], fill=fill, peel=peel, peel_dims=(2,))
     return Schedule("conv2d-rows-dynamic", script, threads)
 
 
@@ -251,7 +322,7 @@ def _conv_schedule(shape, k: int, threads: int, fill: bool = False) -> Schedule:
     n, f, oh, ow = shape
     r, mt, nt = _conv_panel(f, oh, ow, k, threads)
     p = oh * ow
-    if nt < DOT_BELOW and k % 16 == 0:
+    if (nt < DOT_BELOW or _ragged_avx2(nt)) and k % 16 == 0:
         # Narrow: the dot-product form (vectors along k). Threads split the output channels.
         dmt, dnt, kv = _dot_tile(f // threads if f % threads == 0 else f, p)
         t = threads if f % (threads * dmt) == 0 else 1

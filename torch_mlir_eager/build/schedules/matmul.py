@@ -305,29 +305,38 @@ def plan(op, shape, threads: int):
     return Schedule("matmul", _script(MATMUL_HEAD.format(op=op.name), "mm", tiles, split, panel, _filled_init(op)), t)
 
 
-# What a dynamic row count is planned as: a multiple of every register tile's rows (8, 16) and of no thread split
-# (so threads split the static columns, never the rows, whose share per thread would vary).
+# What a dynamic row count is planned as: a multiple of every register tile's rows (8, 16); columns likewise (32).
+# Threads never split a dynamic dim (each thread's share would vary): the batch or the static dim instead.
 STAND_IN_ROWS = 8 * 997
+STAND_IN_COLUMNS = 32 * 997
 
 
-def dynamic_plan(op, shape, threads: int):
+def dynamic_plan(op, shape, threads: int, hint=None):
     """The schedule for a float linalg.matmul / batch_matmul with dynamic sizes (`shape`: the result's, -1 where
-    dynamic): rows, batch and K may vary, N must be static. The static "matmul" family's plan for a stand-in size,
-    with the row loop peeled (base.PEELED) where rows vary: the full tiles keep the static kernel's vector code.
-    (A transposed right-hand side is not packed here: its transpose runs as a loop of its own.)"""
-    if len(op.operands) != 3 or shape[-1] < 0:
+    dynamic): batch, rows, columns and K may vary. The static "matmul" family's plan for stand-in sizes, with the
+    row loop, the column loop or both peeled (base.PEELED, PEELED_2D) where they vary: the full tiles keep the
+    static kernel's vector code. (A transposed right-hand side is not packed here: its transpose runs as a loop of
+    its own.)"""
+    if len(op.operands) != 3:
         return None
     at = ir.RankedTensorType(op.operands[0].type)
     if str(at.element_type) not in ("f32", "f64"):
         return None
     k = at.shape[-1] if at.shape[-1] >= 0 else 256
-    stand = [d if d >= 0 else STAND_IN_ROWS if i == len(shape) - 2 else 1 for i, d in enumerate(shape)]
+    r = len(shape)
+    stand = [d if d >= 0 else STAND_IN_ROWS if i == r - 2 else STAND_IN_COLUMNS if i == r - 1 else 1
+             for i, d in enumerate(shape)]
     tiles, split, panel, t = _gemm_plan(stand[:-2], stand[-2], stand[-1], k, threads)
     if any(c and shape[i] < 0 for i, c in enumerate(split)):
         split, t = [0] * len(split), 1
-    peel = f'ops{{["{op.name}"]}}' if shape[-2] < 0 else None
+        if r == 3 and shape[0] > 0 and shape[0] % threads == 0 and threads > 1:
+            split[0], t = threads, threads
+    if shape[-1] < 0:
+        panel = 0
+    dims = tuple(d for d in (-2, -1) if shape[d] < 0)
+    peel = f'ops{{["{op.name}"]}}' if dims else None
     return Schedule("matmul", _script(MATMUL_HEAD.format(op=op.name), "mm", tiles, split, panel, _filled_init(op),
-                                      peel=peel), t)
+                                      peel=peel, peel_dims=dims or (-2,)), t)
 
 
 def _packed(module, s: Schedule) -> str:

@@ -17,7 +17,7 @@ AFTER_TILE = [
 BUFFERIZE = [
     "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map}",
     "canonicalize",      # folds expand_shape(collapse_shape(alloc)) so that the result is an alloc to hoist
-    "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true}",
+    "buffer-results-to-out-params{hoist-static-allocs=true hoist-dynamic-allocs=true modify-public-functions=true}",
     "canonicalize", "cse",
     BUFFER_REWRITES,
     "ownership-based-buffer-deallocation", "canonicalize", "buffer-deallocation-simplification",
@@ -37,7 +37,7 @@ VECTOR_TO_LLVM = [
     "{threads}",
     "convert-scf-to-cf",
     "func.func(refback-expand-ops-for-llvm)",      # as in the plain pipeline (split loop nests may hold any op)
-    "func.func(arith-expand)",
+    "func.func(arith-expand{include-bf16=true})",
     "expand-strided-metadata",
     "fold-memref-alias-ops",
     "lower-affine",

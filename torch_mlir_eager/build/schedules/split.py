@@ -17,6 +17,11 @@ from .base import Schedule
 SPLIT_MIN_ELEMENTS = 1 << 15
 
 
+# A dynamic size counts as this many elements towards SPLIT_MIN_ELEMENTS (the sequence lengths and image sizes
+# dynamic kernels serve are rarely smaller; a kernel too small to gain from threads loses a few microseconds).
+DYNAMIC_EXTENT = 32
+
+
 SPLIT_TAG = "tme.split{i}"        # one per generic to split, each with its own split
 
 
@@ -39,9 +44,9 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
 
 
 def _split_dim(g, threads: int):
-    """The loop dim to split `g` (a linalg.generic) along, or None: the outermost dim whose extent gives every
-    thread a slice, where the op has at least SPLIT_MIN_ELEMENTS of work. Only elementwise generics (no reduction
-    dim) without a math op on a broadcast input: in the OpenMP-outlined body LLVM no longer knows that the inputs
+    """The loop dim to split `g` (a linalg.generic) along, or None: the outermost static dim whose extent gives
+    every thread a slice, else the outermost dynamic dim, where the op has at least SPLIT_MIN_ELEMENTS of work.
+    Only elementwise generics (no reduction dim) without a math op on a broadcast input: in the OpenMP-outlined body LLVM no longer knows that the inputs
     do not alias the output, so it recomputes a per-channel rsqrt per element (batch norm: 854 us instead of 206)
     and keeps a reduction's accumulator in memory (layer norm 128x256: 41 us instead of 13)."""
     its = [str(t) for t in g.attributes["iterator_types"]]
@@ -49,20 +54,29 @@ def _split_dim(g, threads: int):
         return None
     maps = [ir.AffineMapAttr(m).value for m in g.attributes["indexing_maps"]]
     n_in = len(g.operands) - len(g.results)
-    ranges = [0] * len(its)
+    ranges = [0] * len(its)          # -1: dynamic
     for v, mp in zip(g.operands, maps):
         t = ir.ShapedType(v.type)
         for e, size in zip(mp.results, t.shape):
             if isinstance(e, ir.AffineDimExpr):
-                ranges[e.position] = max(ranges[e.position], size)
-    if any(r <= 0 for r in ranges) or math.prod(ranges) < SPLIT_MIN_ELEMENTS:
+                ranges[e.position] = -1 if size < 0 or ranges[e.position] < 0 else max(ranges[e.position], size)
+    # (a dynamic generic's size is the function result's, which `plan` checked: flattened, it has lost its static
+    # factors)
+    if any(r == 0 for r in ranges) or (min(ranges) > 0 and math.prod(ranges) < SPLIT_MIN_ELEMENTS):
         return None
     inner = len(its) - 1
     broadcast = any(not any(isinstance(e, ir.AffineDimExpr) and e.position == inner for e in mp.results)
                     for mp in maps[:n_in])
     if broadcast and any(op.operation.name.startswith("math.") for op in g.regions[0].blocks[0].operations):
         return None
-    return next((d for d, (it, r) in enumerate(zip(its, ranges)) if "parallel" in it and r >= threads), None)
+    # a static dim first (every thread's share the same at every size), then a dynamic one
+    return next((d for d, r in enumerate(ranges) if r >= threads),
+                next((d for d, r in enumerate(ranges) if r < 0), None))
+
+
+def _elements(sizes) -> int:
+    """Elements of a shape, a dynamic size (-1) counted as DYNAMIC_EXTENT."""
+    return math.prod(DYNAMIC_EXTENT if d < 0 else d for d in sizes)
 
 
 def split_loops(module, threads: int) -> str:
@@ -86,15 +100,17 @@ def split_loops(module, threads: int) -> str:
 
 
 def plan(module, func, threads: int):
-    """split-loops for a module of elementwise work only (no contraction): one whose result is big enough and that
-    has no reduction (splitting one measured slower, see _split_dim); else None."""
+    """split-loops for a module of elementwise work only (no contraction): one whose result is big enough (a dynamic
+    size counted as DYNAMIC_EXTENT) and that has no reduction (splitting one measured slower, see _split_dim); else
+    None."""
     if threads <= 1:
         return None
     results = func.attributes["function_type"].value.results
-    if any(ir.ShapedType(t).has_static_shape and math.prod(ir.ShapedType(t).shape) >= SPLIT_MIN_ELEMENTS
-           for t in results) and not find_ops(module, lambda op: op.name.startswith("linalg.") and
-                                              "reduction" in str(op.attributes["iterator_types"])
-                                              if "iterator_types" in op.attributes else False):
+    def reduces(op):
+        return op.name.startswith("linalg.") and "iterator_types" in op.attributes and \
+            "reduction" in str(op.attributes["iterator_types"])
+    if any(_elements(ir.ShapedType(t).shape) >= SPLIT_MIN_ELEMENTS for t in results) and \
+            not find_ops(module, reduces):
         return Schedule("split-loops", "", threads)
     return None
 
