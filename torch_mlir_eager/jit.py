@@ -38,22 +38,27 @@ def engine(llvm_ir: str):
                 module = ir.Module.parse(llvm_ir)
             except Exception as e:
                 raise CompileFailure("jit", f"parse: {e}") from None
-            _wide_vectors(module)
+            _function_attrs(module)
             try:
                 ee = ExecutionEngine(module, opt_level=3, shared_libs=_shared_libs(llvm_ir))
                 addr = ee.raw_lookup("_mlir_ciface_main")
             except Exception as e:
                 raise CompileFailure("jit", str(e)) from None
+            if not addr:    # a symbol the kernel calls did not resolve (the JIT says which on stderr): calling 0 dies
+                raise CompileFailure("jit", "the kernel's entry point did not link (an unresolved symbol)")
     return ctx, module, ee, addr
 
 
-def _wide_vectors(module) -> None:
-    """On AVX-512 hosts, ask LLVM for 512-bit vectors in the loops it vectorizes itself (elementwise ops, the exp
-    and erf expansions, reductions): its default for these CPUs is 256 bits. Explicit vector code (the GEMM tiles)
-    is 512-bit either way."""
-    if not avx512():
+def _function_attrs(module) -> None:
+    """LLVM attributes on each function. On AVX-512 hosts, 512-bit vectors in the loops LLVM vectorizes itself
+    (elementwise ops, the exp and erf expansions, reductions): its default for these CPUs is 256 bits; explicit
+    vector code (the GEMM tiles) is 512-bit either way. TORCH_MLIR_EAGER_TARGET_FEATURES, a test hook, compiles
+    kernels as for another CPU ("-avx512bf16" as for one without AVX-512 BF16)."""
+    attrs = (['["prefer-vector-width", "512"]'] if avx512() else []) + \
+        [f'["target-features", "{f}"]' for f in [os.environ.get("TORCH_MLIR_EAGER_TARGET_FEATURES", "")] if f]
+    if not attrs:
         return
-    attr = ir.Attribute.parse('[["prefer-vector-width", "512"]]')
+    attr = ir.Attribute.parse("[" + ", ".join(attrs) + "]")
     for op in module.body.operations:
         if op.operation.name == "llvm.func" and len(op.regions[0].blocks) and "passthrough" not in op.attributes:
             op.attributes["passthrough"] = attr

@@ -1,6 +1,10 @@
 """The scheduled kernel families end to end through TorchMLIRTensor, against native PyTorch: conv panels, the
 dot-product conv and matmul forms and the packed matmul (a transposed weight taken as its contiguous base), batch
 norm on flattened spatial dims, the vectorized exp / erf expansions and reassociated reductions."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -172,3 +176,25 @@ def test_one_kernel_called_from_many_threads_at_once():
     assert not errors, errors[0]
     totals = tme.report().to_dict()["totals"]
     assert totals["mlir_calls"] == 4 * calls * len(ops) and totals["fallback_calls"] == 0 and totals["compiles"] == 0
+
+
+def test_bfloat16_kernels_link_on_cpus_without_avx512_bf16(tmp_path):
+    """LLVM's optimizer turns some bf16 arithmetic into f32 -> bf16 fptruncs, which a CPU without AVX-512 BF16 does
+    with a call to libgcc's __truncsfbf2: neither the JIT nor the kernel library links libgcc, and on such a CPU
+    (the CI host) heaviside, xlogy, sum and nll_loss in bf16 killed the worker ("Symbols not found"). Compiled here
+    as for such a CPU (TORCH_MLIR_EAGER_TARGET_FEATURES), in a process of its own with a fresh kernel cache."""
+    code = """
+import torch, torch_mlir_eager as tme
+g = torch.Generator().manual_seed(0)
+a, b = (torch.randn(5, 1, generator=g).to(torch.bfloat16), torch.randn(5, generator=g).to(torch.bfloat16))
+for f in (torch.heaviside, lambda x, y: torch.xlogy(x.abs(), y.abs() + 0.5), lambda x, y: (x * y).sum(dim=1), lambda x, y: x.float().to(torch.bfloat16)):
+    torch.testing.assert_close(tme.unwrap(f(*tme.wrap([a, b]))), f(a, b))
+t = tme.report().to_dict()["totals"]
+print(t["mlir_calls"], t["fallback_calls"])
+"""
+    env = dict(os.environ, TORCH_MLIR_EAGER_TARGET_FEATURES="-avx512bf16,-avxneconvert,-amx-bf16",
+               TORCH_MLIR_EAGER_CACHE_DIR=str(tmp_path))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    mlir, fallback = map(int, p.stdout.split())
+    assert fallback == 0 and mlir >= 5, (p.stdout, p.stderr[-3000:])

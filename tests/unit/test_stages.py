@@ -184,3 +184,18 @@ def test_a_dynamic_pointwise_kernel_may_write_in_place(ctx):
     args = (torch.randn(1, 8, 20, 20),)
     r = compile_request(ctx, Request(op="aten.relu.default", args=args, kwargs={}, dynamic=((1, 2, 3),), threads=1))
     assert isinstance(r, Compiled) and r.dynamic and r.inplace_safe is True, r
+
+
+def test_a_kernel_with_an_unresolved_symbol_fails_to_jit_cleanly():
+    """The JIT answers a lookup whose module calls a symbol nobody defines with address 0 (and a line on stderr),
+    not an exception: the worker called it and died (SIGSEGV) instead of failing the compile."""
+    from torch_mlir_eager import jit
+    src = """module {
+  llvm.func @tme_nowhere()
+  llvm.func @_mlir_ciface_main() attributes {llvm.emit_c_interface} {
+    llvm.call @tme_nowhere() : () -> ()
+    llvm.return
+  }
+}"""
+    with pytest.raises(CompileFailure, match="did not link"):
+        jit.engine(src)

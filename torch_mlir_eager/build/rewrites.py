@@ -270,6 +270,42 @@ def noalias_inputs(module, ranks: list) -> None:
                 op.attributes["arg_attrs"] = ir.ArrayAttr.get(attrs)
 
 
+# f32 -> bf16 with round-to-nearest-even, NaN -> quiet NaN (as c10::BFloat16 and arith-expand round). noinline and
+# optnone keep LLVM from folding it back into the fptrunc it stands for.
+_TRUNCSFBF2 = """
+llvm.func weak @__truncsfbf2(%x: f32) -> bf16 attributes {passthrough = ["noinline", "optnone"]} {
+  %c16 = llvm.mlir.constant(16 : i32) : i32
+  %c1 = llvm.mlir.constant(1 : i32) : i32
+  %bias = llvm.mlir.constant(32767 : i32) : i32
+  %nan = llvm.mlir.constant(32704 : i16) : i16
+  %u = llvm.fcmp "uno" %x, %x : f32
+  %b = llvm.bitcast %x : f32 to i32
+  %lsb = llvm.lshr %b, %c16 : i32
+  %odd = llvm.and %lsb, %c1 : i32
+  %inc = llvm.add %odd, %bias : i32
+  %sum = llvm.add %b, %inc : i32
+  %hi = llvm.lshr %sum, %c16 : i32
+  %h = llvm.trunc %hi : i32 to i16
+  %r = llvm.select %u, %nan, %h : i1, i16
+  %f = llvm.bitcast %r : i16 to bf16
+  llvm.return %f : bf16
+}"""
+
+
+def define_bf16_truncation(module) -> None:
+    """Define `__truncsfbf2` in an LLVM-dialect module that holds bf16 values. arith-expand turns the pipeline's own
+    f32 -> bf16 truncations into integer ops, but LLVM's optimizer makes new ones (a bf16 `select` of an extended
+    input and a constant became an fptrunc: heaviside, xlogy, sum, nll_loss), and on CPUs without AVX-512 BF16
+    their code calls libgcc's __truncsfbf2, which neither the JIT nor the kernel library links (the worker died:
+    "Symbols not found: [ __truncsfbf2 ]")."""
+    with module.context:
+        if any(op.operation.name == "llvm.func" and op.attributes["sym_name"].value == "__truncsfbf2"
+               for op in module.body.operations):
+            return
+        for op in ir.Module.parse(_TRUNCSFBF2).body.operations:
+            module.body.append(op.operation.clone())
+
+
 def _size_arithmetic(op) -> bool:
     """A dynamic kernel's size bookkeeping (tensor.dim, scalar arith on sizes, cf.assert of a broadcast check): it
     reads no tensor data and writes none."""

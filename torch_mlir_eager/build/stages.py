@@ -100,7 +100,11 @@ def _attempt(ctx, call: Call, req: Request, decompose: bool) -> Compiled:
         t2 = time.perf_counter()
         try:
             _dump(req, "stage.txt", lambda: tail.stage)
-            llvm_ir = str(tail.lower(module))
+            lowered = tail.lower(module)
+            llvm_ir = str(lowered)
+            if "bf16" in llvm_ir:
+                rewrites.define_bf16_truncation(lowered)
+                llvm_ir = str(lowered)
             t3 = time.perf_counter()
             if tail.dump:
                 _dump(req, tail.dump, lambda: llvm_ir)
