@@ -63,16 +63,20 @@ VECTORIZE = """  %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{
 """
 
 
+# After a peel: canonicalize (the full tiles' loops get static bounds), then vectorize the full and partial tiles.
+PEEL_TAIL = """  %fpeel = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
+  transform.apply_patterns to %fpeel {{
+    transform.apply_patterns.canonicalization
+  }} : !transform.any_op
+{full}{part}"""
+
+
 # Dynamic rows (M a `?`): the register tiles' row loop peeled into full tiles, which canonicalize to static shapes
 # and vectorize as above, and one partial tile after them, vectorized with masks at the full tile's sizes. Full
 # tiles keep the static kernel's code; the mask costs only in the last rows.
 PEELED = """  %rows = transform.cast %l#{rows} : !transform.any_op to !transform.op<"scf.for">
   %full, %part = transform.loop.peel %rows : (!transform.op<"scf.for">) -> (!transform.any_op, !transform.any_op)
-  %fpeel = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
-  transform.apply_patterns to %fpeel {{
-    transform.apply_patterns.canonicalization
-  }} : !transform.any_op
-{full}{part}"""
+""" + PEEL_TAIL
 
 
 # In one of the peeled loops (%{loop}): the contraction (`match`) stepped along k and vectorized (`sizes`: the
@@ -99,11 +103,7 @@ PEELED_2D = """  %rows = transform.cast %l#{rows} : !transform.any_op to !transf
   %fr1 = transform.get_parent_op %fr0 {{op_name = "scf.for"}} : (!transform.any_op) -> !transform.any_op
   %cols = transform.cast %fr1 : !transform.any_op to !transform.op<"scf.for">
   %fc, %pc = transform.loop.peel %cols : (!transform.op<"scf.for">) -> (!transform.any_op, !transform.any_op)
-  %fpeel = transform.structured.match ops{{["func.func"]}} in %root : (!transform.any_op) -> !transform.any_op
-  transform.apply_patterns to %fpeel {{
-    transform.apply_patterns.canonicalization
-  }} : !transform.any_op
-{full}{part}"""
+""" + PEEL_TAIL
 
 
 def _vectorize(ktile: str, fill_vec: str, peel=None) -> str:
@@ -112,24 +112,16 @@ def _vectorize(ktile: str, fill_vec: str, peel=None) -> str:
     if peel is None:
         return VECTORIZE.format(ktile=ktile, fill_vec=fill_vec)
     loops, match, tiles = peel
-    if len(loops) == 2:
-        full, part = ("fc", ""), ("root", f" vector_sizes [{', '.join(map(str, tiles + [1]))}]")
-        text = []
-        for loop, sizes in (full, part):
-            text.append(PEELED_TILE.format(loop=loop, match=match, ktile=ktile, sizes=sizes))
-            if fill_vec:
-                text.append(PEELED_FILL.format(loop=loop, sizes=sizes and
-                                               f" vector_sizes [{', '.join(map(str, tiles))}]"))
-        half = len(text) // 2
-        return PEELED_2D.format(rows=loops[0], match=match, full="".join(text[:half]), part="".join(text[half:]))
-    rows = loops[0]
-    parts = []
-    for loop, sizes in (("full", ""), ("part", f" vector_sizes [{', '.join(map(str, tiles + [1]))}]")):
-        parts.append(PEELED_TILE.format(loop=loop, match=match, ktile=ktile, sizes=sizes))
+
+    def tile(loop: str, sizes: str) -> str:      # the contraction in `loop` (and its fill) vectorized at `sizes`
+        text = PEELED_TILE.format(loop=loop, match=match, ktile=ktile, sizes=sizes)
         if fill_vec:
-            parts.append(PEELED_FILL.format(loop=loop, sizes=sizes and f" vector_sizes [{', '.join(map(str, tiles))}]"))
-    return PEELED.format(rows=rows, full=parts[0] + (parts[1] if fill_vec else ""),
-                         part="".join(parts[2 if fill_vec else 1:]))
+            text += PEELED_FILL.format(loop=loop, sizes=sizes and f" vector_sizes [{', '.join(map(str, tiles))}]")
+        return text
+    masked = f" vector_sizes [{', '.join(map(str, tiles + [1]))}]"
+    # two peels: the tile full in both is %fc; the three partial ones are matched in the whole function
+    full, part, template = ("fc", "root", PEELED_2D) if len(loops) == 2 else ("full", "part", PEELED)
+    return template.format(rows=loops[0], match=match, full=tile(full, ""), part=tile(part, masked))
 
 
 FUSED_PANEL = ("%{target}p, %panels = transform.structured.fuse %{target} tile_sizes [{sizes}]"

@@ -163,19 +163,24 @@ def conv_to_gemm(module, panel_rows: int = 0, dot: bool = False) -> bool:
     return True
 
 
-# CONV_AS_PANELS for dynamic image sizes (H, W and so OH, OW are `?`; batch, channels and the kernel static): one
-# output row per panel (the forall over OH, split across threads), OW columns each; the register tiles' column
-# loop is peeled (base.PEELED): full tiles of the static vector code, one masked partial tile per row.
-CONV_ROWS_DYNAMIC = """
+# The head of both dynamic conv forms: the output's dynamic OH and OW (and P = OH * OW), the weight as F x K, the
+# GEMM's accumulator %i1 (F x P).
+CONV_DYNAMIC_HEAD = """
 func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
   %c2 = arith.constant 2 : index
   %c3 = arith.constant 3 : index
   %oh = tensor.dim %init, %c2 : {ot}
   %ow = tensor.dim %init, %c3 : {ot}
-  %xw = tensor.dim %x, %c3 : {xt}
   %p = arith.muli %oh, %ow : index
   %w2 = tensor.collapse_shape %w [[0], [1, 2, 3]] : {wt} into tensor<{f}x{k}x{el}>
 {init}
+"""
+
+
+# CONV_AS_PANELS for dynamic image sizes (H, W and so OH, OW are `?`; batch, channels and the kernel static): one
+# output row per panel (the forall over OH, split across threads), OW columns each; the register tiles' column
+# loop is peeled (base.PEELED): full tiles of the static vector code, one masked partial tile per row.
+CONV_ROWS_DYNAMIC = CONV_DYNAMIC_HEAD + """  %xw = tensor.dim %x, %c3 : {xt}
   %r = scf.forall (%pb) in (%oh) shared_outs(%o = %i1) -> (tensor<{n}x{f}x?x{el}>) {{
     %row = affine.apply affine_map<(d) -> (d * {sh})>(%pb)
     %c0 = affine.apply affine_map<(d)[s] -> (d * s)>(%pb)[%ow]
@@ -216,16 +221,7 @@ func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
 # Small outputs (`WHOLE_BYTES`): the im2col of the whole image first, then one GEMM over all OH*OW columns, its
 # column loop peeled: one output row per panel streams the whole weight once per row (256x14x14 3x3: 2.4 MB of
 # weight 14 times), and a row of 7 or 14 columns is mostly partial tiles.
-CONV_WHOLE_DYNAMIC = """
-func.func private @tme_conv(%x: {xt}, %w: {wt}, %init: {ot}) -> {ot} {{
-  %c2 = arith.constant 2 : index
-  %c3 = arith.constant 3 : index
-  %oh = tensor.dim %init, %c2 : {ot}
-  %ow = tensor.dim %init, %c3 : {ot}
-  %p = arith.muli %oh, %ow : index
-  %w2 = tensor.collapse_shape %w [[0], [1, 2, 3]] : {wt} into tensor<{f}x{k}x{el}>
-{init}
-  %e = tensor.empty(%oh, %ow) : tensor<{n}x{c}x{kh}x{kw}x?x?x{el}>
+CONV_WHOLE_DYNAMIC = CONV_DYNAMIC_HEAD + """  %e = tensor.empty(%oh, %ow) : tensor<{n}x{c}x{kh}x{kw}x?x?x{el}>
   %col = linalg.generic {{tme.im2col,
       indexing_maps = [affine_map<(n, c, kh, kw, oh, ow) -> (n, c, oh * {sh} + kh * {dh}, ow * {sw} + kw * {dw})>,
                        affine_map<(n, c, kh, kw, oh, ow) -> (n, c, kh, kw, oh, ow)>],

@@ -46,9 +46,10 @@ transform.named_sequence @lower(%root: !transform.any_op {{transform.consumed}})
 def _split_dim(g, threads: int):
     """The loop dim to split `g` (a linalg.generic) along, or None: the outermost static dim whose extent gives
     every thread a slice, else the outermost dynamic dim, where the op has at least SPLIT_MIN_ELEMENTS of work.
-    Only elementwise generics (no reduction dim) without a math op on a broadcast input: in the OpenMP-outlined body LLVM no longer knows that the inputs
-    do not alias the output, so it recomputes a per-channel rsqrt per element (batch norm: 854 us instead of 206)
-    and keeps a reduction's accumulator in memory (layer norm 128x256: 41 us instead of 13)."""
+    Only elementwise generics (no reduction dim) without a math op on a broadcast input: in the OpenMP-outlined
+    body LLVM no longer knows that the inputs do not alias the output, so it recomputes a per-channel rsqrt per
+    element (batch norm: 854 us instead of 206) and keeps a reduction's accumulator in memory (layer norm 128x256:
+    41 us instead of 13)."""
     its = [str(t) for t in g.attributes["iterator_types"]]
     if any("parallel" not in it for it in its):
         return None
