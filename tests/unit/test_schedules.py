@@ -258,3 +258,15 @@ def test_static_scripts_are_unchanged_by_peeling():
     assert "loop.peel" not in s and "vector_sizes" not in s
     p = _script("", "mm", [8, 32], [0, 0], peel='ops{["linalg.matmul"]}')
     assert "transform.loop.peel %rows" in p and "vector_sizes [8, 32, 1]" in p
+
+
+def test_dynamic_elementwise_kernels_run_one_flat_loop(ctx):
+    """A dynamic elementwise kernel is flattened like a static one (one loop over all its elements, not a nest
+    whose inner loop over a ?-wide row is mostly remainder code), and computed in the out-param: the flattened
+    result's expand_shape(collapse_shape(alloc)) is the out-param (relu 1x512x?x? had a nest of 4, a malloc'd
+    temporary and a 4-deep copy loop)."""
+    args = (torch.randn(1, 512, 7, 7),)
+    r = compile_request(ctx, Request(op="aten.relu.default", args=args, kwargs={}, dynamic=((2, 3),), threads=1))
+    assert isinstance(r, Compiled) and r.dynamic, r
+    assert r.llvm_ir.count('llvm.icmp "slt"') == 1, r.llvm_ir
+    assert "llvm.call @malloc" not in r.llvm_ir and "llvm.call @aligned_alloc" not in r.llvm_ir

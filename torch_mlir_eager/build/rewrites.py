@@ -79,7 +79,8 @@ def write_results_in_place(module) -> int:
             if not isinstance(dst, ir.BlockArgument) or len(list(dst.uses)) != 1 or not isinstance(src, ir.OpResult):
                 continue
             view = getattr(src.owner, "operation", src.owner)
-            if view.name == "memref.alloc" and not list(view.operands) and src.type == dst.type:
+            # (a dynamic alloc copied whole into the out-param has the out-param's sizes)
+            if view.name == "memref.alloc" and src.type == dst.type:
                 src.replace_all_uses_with(dst)
                 cp.erase()
                 view.erase()
@@ -89,7 +90,22 @@ def write_results_in_place(module) -> int:
             if view.name != "memref.expand_shape" or not isinstance(base, ir.OpResult):
                 continue
             alloc = getattr(base.owner, "operation", base.owner)
-            if alloc.name != "memref.alloc" or list(alloc.operands) or len(list(view.results[0].uses)) != 1:
+            inner = alloc.operands[0].maybe_downcast() if alloc.operands else None
+            if alloc.name == "memref.collapse_shape" and isinstance(inner, ir.OpResult) and \
+                    getattr(inner.owner, "operation", inner.owner).name == "memref.alloc" and inner.type == dst.type \
+                    and str(alloc.attributes["reassociation"]) == str(view.attributes["reassociation"]) and \
+                    len(list(view.results[0].uses)) == 1:
+                # expand_shape(collapse_shape(alloc)) of a dynamic shape (the fold that canonicalize does for a
+                # static one: the sizes are the same values here under other names): the alloc is the out-param
+                first = getattr(inner.owner, "operation", inner.owner)
+                cp.erase()
+                view.erase()
+                inner.replace_all_uses_with(dst)
+                first.erase()
+                done += 1
+                continue
+            # (a dynamic alloc's sizes are the out-param's: the reshape of the one is the reshape of the other)
+            if alloc.name != "memref.alloc" or len(list(view.results[0].uses)) != 1:
                 continue
             with ir.InsertionPoint(alloc):
                 flat = memref_d.CollapseShapeOp(alloc.results[0].type, dst, view.attributes["reassociation"])
@@ -164,8 +180,8 @@ transform.named_sequence @flatten(%root: !transform.any_op {transform.consumed})
 
 
 def _flattenable(op) -> bool:
-    """A linalg.generic of rank >= 2, all parallel, every operand read and written through the identity map of
-    a static shape, and no linalg.index in its body: its elements may be visited as one flat run."""
+    """A linalg.generic of rank >= 2, all parallel, every operand read and written through the identity map (of
+    a static or a dynamic shape), and no linalg.index in its body: its elements may be visited as one flat run."""
     if op.name != "linalg.generic" or len(op.regions[0].blocks) != 1:
         return False
     its = list(op.attributes["iterator_types"])
@@ -173,8 +189,6 @@ def _flattenable(op) -> bool:
         return False
     identity = str(ir.AffineMap.get_identity(len(its)))
     if any(str(ir.AffineMapAttr(m).value) != identity for m in op.attributes["indexing_maps"]):
-        return False
-    if not all(ir.ShapedType(v.type).has_static_shape for v in op.operands):
         return False
     return not any(o.operation.name == "linalg.index" for o in op.regions[0].blocks[0].operations)
 
