@@ -14,7 +14,7 @@ from ..errors import CATEGORIES, CompileFailure
 from ..kernel import MLIR_ELEMENT, TensorMeta
 from ..spec import flatten
 from ..worker.protocol import Compiled, Failed, Reply, Request, resolve
-from . import expansions, graph, importer, lowering, rewrites, schedules
+from . import collapse, expansions, graph, importer, lowering, rewrites, schedules
 from .qualify import Call, Lowered, _signature_check, qualify
 
 
@@ -93,6 +93,8 @@ def _attempt(ctx, call: Call, req: Request, decompose: bool) -> Compiled:
     _signature_check(module, in_types, out_types)
     inplace_safe = rewrites.single_pointwise(module)
     rewrites.flatten_elementwise(module)
+    if dynamic:
+        collapse.dynamic_dims(module)
     _dump(req, pre + "flat.mlir", lambda: str(module))
     failed = ""
     tails = _tails(module, req, not inplace_safe, pre, [tuple(m.shape) for m in outs if m is not None] or None)

@@ -6,7 +6,7 @@ from torch_mlir import ir
 from ...errors import CompileFailure
 from ..rewrites import find_ops
 from .base import (MAC, TAIL, Schedule, _dot_script, _filled_init, _init_into, _fill_vec, _replace_with_call,
-                   _script, _zero_init)
+                   _script, _vectorize, _zero_init)
 from .tiles import _dot_tile, _gemm_plan, _register_tile
 
 
@@ -42,7 +42,7 @@ func.func private @tme_mm(%lhs: {at}, %rhs: {wt}, %init: {ot}) -> {ot} {{
 # transposed weight needs no separate transposed copy. The GEMM generic then reads P.
 MATMUL_PACKED = """
 func.func private @tme_mm(%lhs: {at}, %rhs: {bt}, %init: {it}) -> {ot} {{
-  %rhs_e = tensor.expand_shape %rhs [{rexp}] output_shape [{rshape}] : {bt} into tensor<{rtype}x{el}>
+{msize}  %rhs_e = tensor.expand_shape %rhs [{rexp}] output_shape [{rshape}] : {bt} into tensor<{rtype}x{el}>
   %e = tensor.empty() : tensor<{bs}{np}x{k}x{nt}x{el}>
   %p = linalg.generic {{tme.pack,
       indexing_maps = [affine_map<({bd}np, {pdims}) -> ({bread})>, affine_map<({bd}np, {pdims}) -> ({bd}np, k, j)>],
@@ -125,8 +125,9 @@ def _bias_add(mm):
 
 
 def pack_rhs(module, nt: int) -> bool:
-    """Replace the module's one matmul / batch_matmul (float, static shapes) by MATMUL_PACKED with panels of nt
-    columns; a right-hand side that is linalg.transpose of an input is packed from that input directly."""
+    """Replace the module's one matmul / batch_matmul (float, static shapes but for the rows, which may be
+    dynamic) by MATMUL_PACKED with panels of nt columns; a right-hand side that is linalg.transpose of an input is
+    packed from that input directly."""
     mms = find_ops(module, lambda op: op.name in ("linalg.matmul", "linalg.batch_matmul") and len(op.operands) == 3)
     if len(mms) != 1:
         return False
@@ -135,10 +136,15 @@ def pack_rhs(module, nt: int) -> bool:
         w = _transposed_rhs(mm)
         rhs = w if w is not None else mm.operands[1]
         at, bt, ot = (ir.RankedTensorType(v.type) for v in (mm.operands[0], rhs, mm.operands[2]))
-        if str(ot.element_type) not in ("f32", "f64") or any(d < 0 for t in (at, bt, ot) for d in t.shape):
+        if str(ot.element_type) not in ("f32", "f64") or any(d < 0 for d in bt.shape) or \
+                any(d < 0 for t in (at, ot) for d in t.shape[:-2] + t.shape[-1:]):
             return False
     batch = mm.name == "linalg.batch_matmul"
     m, n, k = ot.shape[-2], ot.shape[-1], at.shape[-1]
+    # dynamic rows: types say ?, the new tensors take the row count of the left-hand side
+    msize = f"  %c_m = arith.constant {len(at.shape) - 2} : index\n  %rows = tensor.dim %lhs, %c_m : {at}\n" \
+        if m < 0 else ""
+    m_value, m_sizes, m = ("%rows", "%rows", "?") if m < 0 else (m, "", m)
     zero_init = _filled_init(mm, zero=True)    # the GEMM then starts from its own fill (fusable; a reshape is not)
     if n % nt:
         return False
@@ -166,18 +172,19 @@ def pack_rhs(module, nt: int) -> bool:
             add.results[0].replace_all_uses_with(mm.results[0])
             add.erase()
         init = (f"  %b2 = tensor.expand_shape %init [[0, 1]] output_shape [{n // nt}, {nt}] : {init_value.type} into "
-                f"tensor<{n // nt}x{nt}x{el}>\n  %e2 = tensor.empty() : {out4}\n"
+                f"tensor<{n // nt}x{nt}x{el}>\n  %e2 = tensor.empty({m_sizes}) : {out4}\n"
                 f"  %i2 = linalg.generic {{tme.init, indexing_maps = [affine_map<(m, np, j) -> (np, j)>, "
                 f"affine_map<(m, np, j) -> (m, np, j)>], iterator_types = [\"parallel\", \"parallel\", \"parallel\"]}}"
                 f" ins(%b2 : tensor<{n // nt}x{nt}x{el}>) outs(%e2 : {out4}) {{\n"
                 f"  ^bb0(%a: {el}, %o: {el}):\n    linalg.yield %a : {el}\n  }} -> {out4}")
     elif zero_init:
-        init = _zero_init("i2", out4, el)
+        init = _zero_init("i2", out4, el, m_sizes)
     else:
         init = (f"  %i2 = tensor.expand_shape %init [{'[0], ' if batch else ''}[{d}], [{d + 1}, {d + 2}]] "
-                f"output_shape [{str(ot.shape[0]) + ', ' if batch else ''}{m}, {n // nt}, {nt}] : {ot} into {out4}")
+                f"output_shape [{str(ot.shape[0]) + ', ' if batch else ''}{m_value}, {n // nt}, {nt}] : {ot} into "
+                f"{out4}")
     text = MATMUL_PACKED.format(
-        init=init, mac=MAC.format(el=el), at=at, bt=bt, ot=ot, it=init_value.type, el=el, bd=bd, bread=bread,
+        msize=msize, init=init, mac=MAC.format(el=el), at=at, bt=bt, ot=ot, it=init_value.type, el=el, bd=bd, bread=bread,
         rexp=", ".join(map(str, rexp)), rshape=", ".join(map(str, rshape)), rtype="x".join(map(str, rshape)),
         bs=bs, bexp="[0], " if batch else "",
         par='"parallel", ' if batch else "", np=n // nt, nt=nt, k=k, m=m, d=d, d1=d + 1, d2=d + 2,
@@ -224,11 +231,15 @@ transform.named_sequence @tile(%root: !transform.any_op {{transform.consumed}}) 
   {pack_vec}
   %t, %l:{nloops} = transform.structured.{register} %gemmp tile_sizes [{tiles}, 0]
     : (!transform.any_op) -> (!transform.any_op{handles})
-  {fill_vec}
+{vectorize}""" + TAIL
+
+
+# PACKED's register tile stepped along k and vectorized, for static rows (dynamic rows: base._vectorize's peel).
+PACKED_VECTORIZE = """  {fill_vec}
   %t2, %lk = transform.structured.tile_using_for %t tile_sizes [{ktile}]
     : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
   transform.structured.vectorize %t2 : !transform.any_op
-""" + TAIL
+"""
 
 
 # The thread split, with the pack fused into it first: each thread packs the panels it multiplies (split by rows:
@@ -250,8 +261,11 @@ WHOLE_PACK_K = 128
 
 def _packed_schedule(shape, k: int, threads: int, transposed: bool = True, fill: bool = False) -> Schedule:
     """matmul-packed (PACKED): threads by panel, or by rows where the panels do not share out evenly; each panel
-    packed (a transposed right-hand side's in 16 x 16 vector blocks) and register-tiled."""
+    packed (a transposed right-hand side's in 16 x 16 vector blocks) and register-tiled. Dynamic rows (-1 in
+    `shape`): planned as STAND_IN_ROWS, never split across threads, and the register tiles' row loop peeled."""
     batch, m, n = list(shape[:-2]), shape[-2], shape[-1]
+    rows_dynamic = m < 0
+    m = STAND_IN_ROWS if rows_dynamic else m
     mt, nt = _register_tile(m, n)
     nb = len(batch)
     pw = n if fill and k <= WHOLE_PACK_K and n % 16 == 0 else nt            # panel width
@@ -260,7 +274,7 @@ def _packed_schedule(shape, k: int, threads: int, transposed: bool = True, fill:
         split[0] = threads
     elif threads > 1 and (n // pw) % threads == 0:
         split[nb + 1] = threads
-    elif threads > 1 and m % (threads * mt) == 0:
+    elif threads > 1 and m % (threads * mt) == 0 and not rows_dynamic:
         split[nb] = threads
     forall = PACKED_FORALL.format(counts=", ".join(map(str, split))) if any(split) else PACKED_SERIAL
     if any(split) and fill:
@@ -271,10 +285,16 @@ def _packed_schedule(shape, k: int, threads: int, transposed: bool = True, fill:
     # that fusion would drag along into every row tile.
     fill_tiles = fill and bool(pack_vec)
     fill_vec = _fill_vec(nb + 1, "attributes{tme.init}") if fill_tiles else ""
+    ktile = ", ".join(["0"] * (nb + 3) + ["1"])
+    if rows_dynamic:     # the row loop (%l#nb) peeled; a partial tile masked at the full tile's sizes
+        vectorize = _vectorize(ktile, fill_vec, ([nb], 'ops{["linalg.generic"]} attributes{tme.gemm}',
+                                                 [1] * nb + [mt, 1, nt]))
+    else:
+        vectorize = PACKED_VECTORIZE.format(fill_vec=fill_vec, ktile=ktile)
     script = PACKED.format(forall=forall, panel=", ".join(map(str, [0] * nb + [0, 1, 0, 0])), pack_vec=pack_vec,
-                          register="fuse" if fill_tiles else "tile_using_for", fill_vec=fill_vec,
+                          register="fuse" if fill_tiles else "tile_using_for", vectorize=vectorize,
                           tiles=", ".join(map(str, [1] * nb + [mt, 0, nt])), nloops=nb + 2,
-                          handles=", !transform.any_op" * (nb + 2), ktile=", ".join(["0"] * (nb + 3) + ["1"]))
+                          handles=", !transform.any_op" * (nb + 2))
     return Schedule("matmul-packed", script, threads if any(split) else 1, pw)
 
 
@@ -322,6 +342,11 @@ def dynamic_plan(op, shape, threads: int, hint=None):
     at = ir.RankedTensorType(op.operands[0].type)
     if str(at.element_type) not in ("f32", "f64"):
         return None
+    if _transposed_rhs(op) is not None and shape[-2] < 0 and all(d >= 0 for d in shape[:-2] + shape[-1:]) and \
+            at.shape[-1] >= 0 and at.shape[-1] % 16 == 0:
+        # a linear layer over a varying number of rows: packed as the static kernel is (M = 512, N = 1024, K = 256:
+        # 6.0 ms unpacked, its transpose a loop of its own, against 3.3 static)
+        return _packed_schedule(shape, at.shape[-1], threads, fill=_filled_init(op))
     k = at.shape[-1] if at.shape[-1] >= 0 else 256
     r = len(shape)
     stand = [d if d >= 0 else STAND_IN_ROWS if i == r - 2 else STAND_IN_COLUMNS if i == r - 1 else 1
