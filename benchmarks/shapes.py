@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import sys
 import time
 
@@ -225,22 +226,46 @@ def part_speed(quick: bool) -> list:
     out.append(bench.line("4 ResNet18 warm, dynamic=always", t_ours / t_nat <= 1.35,
                           f"{t_ours * 1e3:.1f} ms vs native {t_nat * 1e3:.1f} ms = {t_ours / t_nat:.2f}x "
                           f"(target <= 1.35x)"))
-    # warm generation steps: the same generation (all kernels cached) on static vs dynamic kernels, the two modes
-    # alternating, each from empty caches, best of 3
+    # warm generation steps: the same generation on static vs dynamic kernels. Each mode has its own kernel cache
+    # and call families (swapped in before each of its generations), built from empty and warmed until a
+    # generation compiles nothing (the default policy re-specializes a size that ran HOT_CALLS times on a dynamic
+    # kernel: that compile is not a warm step); then the two modes alternate generation by generation, best of 9
+    # each. One generation's time drifts by 2x over seconds on this VM (native's too, with two threads): blocks of
+    # one mode then the other measured the drift, not the kernels.
     gen = gpt2()
     steps = 16
-    times = {"never": [], "auto": []}
-    for _ in range(3):
-        for mode in ("never", "auto"):
-            with tme.config.override(dynamic=mode):
-                fresh()
+    states = {}
+    for mode in ("never", "auto"):
+        with tme.config.override(dynamic=mode):
+            compiler._cache = None
+            shapes.reset()
+            for _ in range(8):
+                c0 = compiles()
                 generate(gen, 6, steps)
-                times[mode].append(min(_timed(lambda: generate(gen, 6, steps)) for _ in range(2)))
-    t_native = min(_timed(lambda: generate(gen, 6, steps, mlir=False)) for _ in range(3))
-    t_s, t_d = min(times["never"]), min(times["auto"])
+                if compiles() == c0:
+                    break
+            states[mode] = (compiler._cache, dict(shapes._families))
+    times = {"never": [], "auto": []}
+    for _ in range(9):
+        for mode in ("never", "auto"):
+            compiler._cache, fams = states[mode]
+            shapes.reset()
+            shapes._families.update(fams)
+            with tme.config.override(dynamic=mode):
+                c0 = compiles()
+                t = _timed(lambda: generate(gen, 6, steps))
+                if compiles() == c0:        # (a hot size re-specialized later than the warm-up: not a warm step)
+                    times[mode].append(t)
+    compiler._cache = None
+    shapes.reset()
+    t_native = min(_timed(lambda: generate(gen, 6, steps, mlir=False)) for _ in range(5))
+    # judged on the medians: on this VM the best of 9 still swings 0.7x-1.2x between identical runs
+    t_s, t_d = (statistics.median(times[m]) for m in ("never", "auto"))
+    best = {m: min(v) * 1e3 for m, v in times.items()}
     out.append(bench.line("4 warm generation steps", t_d / t_s <= 1.2,
                           f"{steps} tokens on dynamic kernels {t_d * 1e3:.0f} ms vs static {t_s * 1e3:.0f} ms = "
-                          f"{t_d / t_s:.2f}x (target <= 1.2x); native {t_native * 1e3:.0f} ms"))
+                          f"{t_d / t_s:.2f}x (target <= 1.2x; medians of 9 alternating, best {best['auto']:.0f} / "
+                          f"{best['never']:.0f} ms); native {t_native * 1e3:.0f} ms"))
     return out
 
 

@@ -204,7 +204,8 @@ def test_addmm_with_scaled_bias_keeps_its_own_pass(ctx):
     ("aten.mm.default", (torch.randn(37, 24), torch.randn(24, 64)), ((0,), ()), "matmul"),
     ("aten.mm.default", (torch.randn(40, 24), torch.randn(24, 64)), ((0, 1), (0,)), "matmul"),      # K too
     ("aten.bmm.default", (torch.randn(3, 21, 16), torch.randn(3, 16, 32)), ((0, 1), (0,)), "matmul"),
-    ("aten.addmm.default", (torch.randn(48), torch.randn(9, 32), torch.randn(48, 32).t()), ((), (0,), ()), "matmul"),
+    ("aten.addmm.default", (torch.randn(48), torch.randn(9, 32), torch.randn(48, 32).t()), ((), (0,), ()),
+     "matmul-packed"),
     ("aten.convolution.default", _conv_args(c=4, f=16, h=13), ((2, 3), (), ()), "conv2d-rows-dynamic"),
     ("aten.convolution.default", _conv_args(c=3, f=8, h=15, k=7, stride=2, pad=3)[:2] + (None,) +
      _conv_args()[3:], ((2, 3), ()), "conv2d-rows-dynamic"),
@@ -270,3 +271,54 @@ def test_dynamic_elementwise_kernels_run_one_flat_loop(ctx):
     assert isinstance(r, Compiled) and r.dynamic, r
     assert r.llvm_ir.count('llvm.icmp "slt"') == 1, r.llvm_ir
     assert "llvm.call @malloc" not in r.llvm_ir and "llvm.call @aligned_alloc" not in r.llvm_ir
+
+
+def _generics(m) -> list:
+    from torch_mlir_eager.build.rewrites import find_ops
+    return [[str(t) for t in op.attributes["iterator_types"]]
+            for op in find_ops(m, lambda op: op.name == "linalg.generic")]
+
+
+def test_dynamic_image_dims_collapse_into_one_loop(ctx):
+    """A mean over a dynamic H x W (ResNet's pooling before fc) reduces over one loop of H*W, not a nest whose
+    inner loop is 7 long (2.1-2.6x the static kernel); per-channel ops over it (batch norm) likewise. The kernel
+    still qualifies against native."""
+    from torch_mlir_eager.build import collapse
+    x = torch.randn(1, 16, 7, 7)
+    m = _linalg(ctx, aten.mean.dim, (x, [2, 3], True), dynamic=((2, 3),))
+    assert any(g.count("#linalg.iterator_type<reduction>") == 2 for g in _generics(m)), _generics(m)
+    assert collapse.dynamic_dims(m) >= 1
+    assert any(g.count("#linalg.iterator_type<reduction>") == 1 and len(g) == 3 for g in _generics(m)), _generics(m)
+    # static dims stay as they are
+    s = _linalg(ctx, aten.mean.dim, (x, [2, 3], True))
+    assert collapse.dynamic_dims(s) == 0
+    args = (torch.randn(1, 16, 9, 7), torch.rand(16), torch.rand(16), torch.rand(16), torch.rand(16) + 0.5, False,
+            0.1, 1e-5)
+    for op, a, dyn in (("aten.mean.dim", (x, [2, 3], True), ((2, 3),)),
+                       ("aten.native_batch_norm.default", args, ((2, 3), (), (), (), ()))):
+        r = compile_request(ctx, Request(op=op, args=a, kwargs={}, dynamic=dyn, threads=1))
+        assert isinstance(r, Compiled) and r.dynamic, r
+
+
+def test_dynamic_linear_rows_are_packed_and_written_in_place(ctx):
+    """A linear layer whose rows vary gets the static kernel's packed GEMM (M = 512, N = 1024, K = 256: 5.7 ms
+    unpacked against 3.4 static), its bias in the register tiles, and writes its result into the out-param
+    instead of a temporary copied after (static kernels too: the copy was a pass over the whole result)."""
+    args = (torch.randn(64), torch.randn(40, 32), torch.randn(64, 32).t())
+    for dyn in (None, ((), (0,), ())):
+        kw = dict(dynamic=dyn) if dyn else {}
+        r = compile_request(ctx, Request(op="aten.addmm.default", args=args, kwargs={}, threads=1, **kw))
+        assert isinstance(r, Compiled) and r.schedule == "matmul-packed", r
+        assert r.llvm_ir.count("llvm.call @aligned_alloc") == 1, dyn        # the panel's, not a result temporary
+
+
+def test_eval_batch_norm_compiles_its_decomposition_only(ctx):
+    """An eval batch norm goes straight to the decomposition (per-channel scale and shift, then one multiply-add
+    per element): the direct lowering fails for static shapes and computes rsqrt per element for dynamic ones."""
+    from torch_mlir_eager.decompositions import decompose_only
+    func = aten.native_batch_norm.default
+    names = [a.name for a in func._schema.arguments]
+    x, w = torch.randn(1, 4, 5, 5), torch.rand(4)
+    assert decompose_only(func, dict(zip(names, (x, w, w, w, w, False, 0.1, 1e-5))))
+    assert not decompose_only(func, dict(zip(names, (x, w, w, w, w, True, 0.1, 1e-5))))
+    assert not decompose_only(func, dict(zip(names, (x, w, w, None, None, False, 0.1, 1e-5))))

@@ -87,6 +87,22 @@ def write_results_in_place(module) -> int:
                 done += 1
                 continue
             base = view.operands[0].maybe_downcast() if view.operands else None
+            if view.name == "memref.collapse_shape" and isinstance(base, ir.OpResult) and \
+                    getattr(base.owner, "operation", base.owner).name == "memref.alloc" and \
+                    len(list(view.results[0].uses)) == 1:
+                # copy(collapse_shape(alloc)) (a packed GEMM's [m, panel, column] result): the alloc is the
+                # out-param expanded (the alloc's dynamic sizes are the expansion's)
+                alloc = getattr(base.owner, "operation", base.owner)
+                t = ir.MemRefType(alloc.results[0].type)
+                with ir.InsertionPoint(alloc):
+                    grown = memref_d.ExpandShapeOp(t, dst, view.attributes["reassociation"], list(alloc.operands),
+                                                   list(t.shape))
+                alloc.results[0].replace_all_uses_with(grown.result)
+                cp.erase()
+                view.erase()
+                alloc.erase()
+                done += 1
+                continue
             if view.name != "memref.expand_shape" or not isinstance(base, ir.OpResult):
                 continue
             alloc = getattr(base.owner, "operation", base.owner)

@@ -88,7 +88,7 @@ PEELED_TILE = """  %{loop}0 = transform.structured.match {match} in %{loop} : (!
 """
 
 
-PEELED_FILL = """  %{loop}f = transform.structured.match ops{{["linalg.fill"]}} in %{loop} : (!transform.any_op) -> !transform.any_op
+PEELED_FILL = """  %{loop}f = transform.structured.match {fill} in %{loop} : (!transform.any_op) -> !transform.any_op
   transform.structured.vectorize %{loop}f{sizes} : !transform.any_op
 """
 
@@ -106,9 +106,10 @@ PEELED_2D = """  %rows = transform.cast %l#{rows} : !transform.any_op to !transf
 """ + PEEL_TAIL
 
 
-def _vectorize(ktile: str, fill_vec: str, peel=None) -> str:
+def _vectorize(ktile: str, fill_vec: str, peel=None, fill: str = 'ops{["linalg.fill"]}') -> str:
     """REGISTER_TILE's end: VECTORIZE, or with `peel` = (indices of the loops to peel among the tile loops (one:
-    PEELED, two: PEELED_2D), the contraction's match text, register tile sizes per parallel dim)."""
+    PEELED, two: PEELED_2D), the contraction's match text, register tile sizes per parallel dim). `fill`: the
+    match text of the accumulator's init fused into the tiles (with `fill_vec`)."""
     if peel is None:
         return VECTORIZE.format(ktile=ktile, fill_vec=fill_vec)
     loops, match, tiles = peel
@@ -116,7 +117,8 @@ def _vectorize(ktile: str, fill_vec: str, peel=None) -> str:
     def tile(loop: str, sizes: str) -> str:      # the contraction in `loop` (and its fill) vectorized at `sizes`
         text = PEELED_TILE.format(loop=loop, match=match, ktile=ktile, sizes=sizes)
         if fill_vec:
-            text += PEELED_FILL.format(loop=loop, sizes=sizes and f" vector_sizes [{', '.join(map(str, tiles))}]")
+            text += PEELED_FILL.format(loop=loop, fill=fill,
+                                       sizes=sizes and f" vector_sizes [{', '.join(map(str, tiles))}]")
         return text
     masked = f" vector_sizes [{', '.join(map(str, tiles + [1]))}]"
     # two peels: the tile full in both is %fc; the three partial ones are matched in the whole function

@@ -288,7 +288,7 @@ def _packed_schedule(shape, k: int, threads: int, transposed: bool = True, fill:
     ktile = ", ".join(["0"] * (nb + 3) + ["1"])
     if rows_dynamic:     # the row loop (%l#nb) peeled; a partial tile masked at the full tile's sizes
         vectorize = _vectorize(ktile, fill_vec, ([nb], 'ops{["linalg.generic"]} attributes{tme.gemm}',
-                                                 [1] * nb + [mt, 1, nt]))
+                                                 [1] * nb + [mt, 1, nt]), fill="attributes{tme.init}")
     else:
         vectorize = PACKED_VECTORIZE.format(fill_vec=fill_vec, ktile=ktile)
     script = PACKED.format(forall=forall, panel=", ".join(map(str, [0] * nb + [0, 1, 0, 0])), pack_vec=pack_vec,
@@ -335,8 +335,9 @@ def dynamic_plan(op, shape, threads: int, hint=None):
     """The schedule for a float linalg.matmul / batch_matmul with dynamic sizes (`shape`: the result's, -1 where
     dynamic): batch, rows, columns and K may vary. The static "matmul" family's plan for stand-in sizes, with the
     row loop, the column loop or both peeled (base.PEELED, PEELED_2D) where they vary: the full tiles keep the
-    static kernel's vector code. (A transposed right-hand side is not packed here: its transpose runs as a loop of
-    its own.)"""
+    static kernel's vector code. A transposed right-hand side (a linear layer's weight) with static N and K and only
+    the rows dynamic is packed as a static one is (_packed_schedule); in any other dynamic form its transpose runs
+    as a loop of its own."""
     if len(op.operands) != 3:
         return None
     at = ir.RankedTensorType(op.operands[0].type)
