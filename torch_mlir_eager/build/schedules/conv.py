@@ -250,6 +250,13 @@ CONV_WHOLE_DYNAMIC = CONV_DYNAMIC_HEAD + """  %e = tensor.empty(%oh, %ow) : tens
 WHOLE_BYTES = 2 << 20
 
 
+# CONV_WHOLE_DYNAMIC's column panels: K x width of the im2col, whose rows lie OH*OW apart (every k step of a tile
+# a new cache line): at most this many bytes. PANEL_BYTES (512 KB: 112 columns at K = 1152) took 1.40x the static
+# kernel on 128x28x28 3x3 s2 (AVX2, one thread, best of 40), 16 columns 1.03-1.11x; 256x14x14 3x3 1.15-1.28x ->
+# 1.07-1.17x, 512x7x7 3x3 1.20 -> 0.97-1.16.
+WHOLE_PANEL_BYTES = 128 * 1024
+
+
 def _dynamic_conv(module, s: Schedule) -> str:
     """Replace the module's one float linalg.conv_2d_nchw_fchw whose only dynamic sizes are spatial by
     CONV_ROWS_DYNAMIC, inlined."""
@@ -300,9 +307,9 @@ def dynamic_plan(op, shape, threads: int, hint=None):
     k = wt.shape[1] * wt.shape[2] * wt.shape[3]
     if hint is not None and hint[0] * k * hint[2] * hint[3] * 4 <= WHOLE_BYTES:
         # the whole image at once: threads split the output channels; the columns in panels whose K x width slice
-        # of the im2col stays in L2 (PANEL_BYTES) while every row tile passes over it
+        # of the im2col stays in L2 (WHOLE_PANEL_BYTES) while every row tile passes over it
         split = threads if threads > 1 and f % (threads * mt) == 0 else 1
-        pw = max(nt, PANEL_BYTES // (k * 4) // nt * nt)
+        pw = max(nt, WHOLE_PANEL_BYTES // (k * 4) // nt * nt)
         panel = pw if k * hint[2] * hint[3] * 4 > PANEL_BYTES else 0
         script = _script(GEMM_MATCH, "gemm", [1, mt, nt], [0, split, 0], panel=panel, fill=fill, peel=peel,
                          peel_dims=(2,))
