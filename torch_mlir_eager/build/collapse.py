@@ -28,6 +28,8 @@ def _dim_groups(op):
         pos = {}
         for i, e in enumerate(mp.results):
             if isinstance(e, ir.AffineDimExpr):
+                if e.position in pos:           # a diagonal (d, d): its two tensor dims are not one run
+                    return None
                 pos[e.position] = i
             elif not isinstance(e, ir.AffineConstantExpr):
                 return None
@@ -90,9 +92,10 @@ def dynamic_dims(module) -> int:
                     if len(reassoc) == len(t.shape):
                         new_operands.append(v)
                         continue
-                    shape = [-1 if any(t.shape[i] < 0 for i in r) else math.prod(t.shape[i] for i in r) for r in reassoc]
-                    ct = ir.RankedTensorType.get([ir.ShapedType.get_dynamic_size() if d < 0 else d for d in shape],
-                                                 t.element_type)
+                    dyn = ir.ShapedType.get_dynamic_size()
+                    shape = [dyn if any(t.shape[i] < 0 for i in r) else math.prod(t.shape[i] for i in r)
+                             for r in reassoc]
+                    ct = ir.RankedTensorType.get(shape, t.element_type)
                     new_operands.append(tensor_d.CollapseShapeOp(ct, v, _reassociation(reassoc)).result)
                 new = linalg_d.GenericOp([v.type for v in new_operands[n_in:]], new_operands[:n_in],
                                          new_operands[n_in:], ir.ArrayAttr.get([ir.AffineMapAttr.get(m)

@@ -184,9 +184,9 @@ def pack_rhs(module, nt: int) -> bool:
                 f"output_shape [{str(ot.shape[0]) + ', ' if batch else ''}{m_value}, {n // nt}, {nt}] : {ot} into "
                 f"{out4}")
     text = MATMUL_PACKED.format(
-        msize=msize, init=init, mac=MAC.format(el=el), at=at, bt=bt, ot=ot, it=init_value.type, el=el, bd=bd, bread=bread,
-        rexp=", ".join(map(str, rexp)), rshape=", ".join(map(str, rshape)), rtype="x".join(map(str, rshape)),
-        bs=bs, bexp="[0], " if batch else "",
+        msize=msize, init=init, mac=MAC.format(el=el), at=at, bt=bt, ot=ot, it=init_value.type, el=el, bd=bd,
+        bread=bread, rexp=", ".join(map(str, rexp)), rshape=", ".join(map(str, rshape)),
+        rtype="x".join(map(str, rshape)), bs=bs, bexp="[0], " if batch else "",
         par='"parallel", ' if batch else "", np=n // nt, nt=nt, k=k, m=m, d=d, d1=d + 1, d2=d + 2,
         pdims="j, k" if w is not None else "k, j")
     _replace_with_call(module, mm, text, "tme_mm", [mm.operands[0], rhs, init_value], ot, "pack_rhs")
