@@ -219,14 +219,13 @@ def part_speed(quick: bool) -> list:
     states, models = {}, {}
     for mode in ("never", "always"):
         with tme.config.override(dynamic=mode), torch.no_grad():
-            compiler._cache = None
-            shapes.reset()
+            _new_state()
             model = tme.wrap(copy.deepcopy(resnet))
             xw = tme.wrap(x)
             got = tme.unwrap(model(xw))
             torch.testing.assert_close(got, resnet(x), rtol=1e-3, atol=1e-4)
             model(xw)
-            states[mode], models[mode] = (compiler._cache, dict(shapes._families)), (model, xw)
+            states[mode], models[mode] = _state(), (model, xw)
     rn = {"never": [], "always": [], "native": []}
     with torch.no_grad():
         for _ in range(11):
@@ -236,8 +235,7 @@ def part_speed(quick: bool) -> list:
                 model, xw = models[mode]
                 with tme.config.override(dynamic=mode):
                     rn[mode].append(_timed(lambda: model(xw)))
-    compiler._cache = None
-    shapes.reset()
+    _new_state()
     t_nat, t_st, t_ours = (statistics.median(rn[m]) for m in ("native", "never", "always"))
     out.append(bench.line("4 ResNet18 warm, dynamic=always", t_ours / t_nat <= 1.35,
                           f"{t_ours * 1e3:.1f} ms vs native {t_nat * 1e3:.1f} ms = {t_ours / t_nat:.2f}x "
@@ -246,22 +244,21 @@ def part_speed(quick: bool) -> list:
     # warm generation steps: the same generation on static vs dynamic kernels. Each mode has its own kernel cache
     # and call families (swapped in before each of its generations), built from empty and warmed until a
     # generation compiles nothing (the default policy re-specializes a size that ran HOT_CALLS times on a dynamic
-    # kernel: that compile is not a warm step); then the two modes alternate generation by generation, best of 9
-    # each. One generation's time drifts by 2x over seconds on this VM (native's too, with two threads): blocks of
+    # kernel: that compile is not a warm step); then the two modes alternate generation by generation, 9 each,
+    # judged on the medians. One generation's time drifts by 2x over seconds on this VM (native's too, with two threads): blocks of
     # one mode then the other measured the drift, not the kernels.
     gen = gpt2()
     steps = 16
     states = {}
     for mode in ("never", "auto"):
         with tme.config.override(dynamic=mode):
-            compiler._cache = None
-            shapes.reset()
+            _new_state()
             for _ in range(8):
                 c0 = compiles()
                 generate(gen, 6, steps)
                 if compiles() == c0:
                     break
-            states[mode] = (compiler._cache, dict(shapes._families))
+            states[mode] = _state()
     times = {"never": [], "auto": []}
     for _ in range(9):
         for mode in ("never", "auto"):
@@ -271,8 +268,7 @@ def part_speed(quick: bool) -> list:
                 t = _timed(lambda: generate(gen, 6, steps))
                 if compiles() == c0:        # (a hot size re-specialized later than the warm-up: not a warm step)
                     times[mode].append(t)
-    compiler._cache = None
-    shapes.reset()
+    _new_state()
     t_native = min(_timed(lambda: generate(gen, 6, steps, mlir=False)) for _ in range(5))
     # judged on the medians: on this VM the best of 9 still swings 0.7x-1.2x between identical runs
     t_s, t_d = (statistics.median(times[m]) for m in ("never", "auto"))
@@ -282,6 +278,17 @@ def part_speed(quick: bool) -> list:
                           f"{t_d / t_s:.2f}x (target <= 1.2x; medians of 9 alternating, best {best['auto']:.0f} / "
                           f"{best['never']:.0f} ms); native {t_native * 1e3:.0f} ms"))
     return out
+
+
+def _new_state() -> None:
+    """An empty kernel cache (a new one: the one before may be kept by _state) and no call families."""
+    compiler._cache = None
+    shapes.reset()
+
+
+def _state() -> tuple:
+    """The process's (kernel cache, call families), to keep beside another mode's (_swap_in)."""
+    return compiler.cache(), dict(shapes._families)
 
 
 def _swap_in(state) -> None:

@@ -66,10 +66,11 @@ def dynamic_dims(module) -> int:
     operands (tensor.collapse_shape) with one loop per run, and its results expanded back. A reduction over a
     dynamic 7x7 (mean, batch norm's statistics) or a per-channel op over it then runs one loop of 49, which
     vectorizes, instead of a nest whose inner loop of 7 is all remainder. Returns how many generics changed."""
-    ops = find_ops(module, lambda op: op.name == "linalg.generic" and _dim_groups(op) is not None)
+    with module.context:
+        found = [(op, _dim_groups(op)) for op in find_ops(module, lambda op: op.name == "linalg.generic")]
+    ops = [(op, groups) for op, groups in found if groups is not None]
     with module.context, ir.Location.unknown():
-        for op in ops:
-            groups = _dim_groups(op)
+        for op, groups in ops:
             new_dim = {d: i for i, g in enumerate(groups) for d in g}
             maps = [ir.AffineMapAttr(m).value for m in op.attributes["indexing_maps"]]
             n_out = len(op.results)
